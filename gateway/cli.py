@@ -1,0 +1,216 @@
+"""`gateway` command line: run, demo, config check, devices, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import Settings, load_settings
+from gateway.errors import GatewayError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosqlite logs every statement at DEBUG; tortoise is chatty at INFO.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="TOML config file (default /etc/gateway/gateway.toml)")
+    p.add_argument("--mqtt", metavar="URL", help="local broker, mqtt://HOST:PORT")
+    p.add_argument("--state-dir", type=Path, metavar="DIR", help="where the registry and identity live")
+    p.add_argument("--id", metavar="GATEWAY_ID", help="gateway id (default: derived from /etc/machine-id)")
+    p.add_argument("--http", metavar="HOST:PORT", help="LAN HTTP listen address (default 0.0.0.0:8080)")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        "mqtt.url": args.mqtt,
+        "state_dir": str(args.state_dir) if args.state_dir else None,
+        "id": args.id,
+        "http.listen": args.http,
+        "log.level": args.log_level,
+    }
+    return load_settings(args.config, overrides=overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="北方云家庭网关 Beifang Home Gateway"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the gateway daemon")
+    _common(p)
+
+    p = sub.add_parser("demo", help="the whole system on this machine: broker, simulated home, gateway")
+    p.add_argument("--http-port", type=int, default=8080, help="gateway HTTP port on 127.0.0.1 (0 = any)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-live", action="store_true", help="print the table once a second instead of a live view")
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    pc = csub.add_parser("check", help="validate a config file (and GATEWAY_* variables)")
+    pc.add_argument("file", type=Path)
+    pc = csub.add_parser("show", help="print the effective configuration as JSON")
+    _common(pc)
+
+    p = sub.add_parser("devices", help="devices of the running gateway")
+    _common(p)
+    p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
+    p.add_argument("--pending", action="store_true", help="devices waiting for approval")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dsub = p.add_subparsers(dest="devices_command")
+    pa = dsub.add_parser("approve", help="approve a pending device, optionally naming it")
+    pa.add_argument("device_id")
+    pa.add_argument("--name")
+    pa.add_argument("--room")
+    pf = dsub.add_parser("forget", help="remove a device (its retained topics are cleared)")
+    pf.add_argument("device_id")
+
+    p = sub.add_parser("doctor", help="installer diagnostics; non-zero exit on failure")
+    _common(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "demo":
+            from gateway.demo import run_demo  # noqa: PLC0415 - the demo pulls in rich and simulators
+
+            _setup_logging("WARNING")
+            return asyncio.run(run_demo(http_port=args.http_port, duration_s=args.duration, live=not args.no_live))
+        if args.command == "config":
+            return _cmd_config(args)
+        if args.command == "devices":
+            return _cmd_devices(args)
+        if args.command == "doctor":
+            from gateway.doctor import run_doctor  # noqa: PLC0415
+
+            settings_error: GatewayError | None = None
+            settings: Settings | None = None
+            try:
+                settings = _settings(args)
+            except GatewayError as exc:
+                settings_error = exc
+            return asyncio.run(run_doctor(settings, settings_error, config_path=args.config))
+    except GatewayError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import Gateway  # noqa: PLC0415
+    from gateway.systemd import Notifier  # noqa: PLC0415
+
+    settings = _settings(args)
+    _setup_logging(settings.log.level)
+    gateway = Gateway(settings, notifier=Notifier.from_environ(os.environ))
+    asyncio.run(gateway.run())
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.config_command == "check":
+        if not args.file.exists():
+            print(f"gateway: {args.file}: no such file", file=sys.stderr)
+            return 2
+        settings = load_settings(args.file)
+        print(f"{args.file}: OK (gateway {settings.id}, broker {settings.mqtt.url}, state {settings.state_dir})")
+        return 0
+    settings = _settings(args)
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    from gateway.daemon import HTTP_URL_FILE  # noqa: PLC0415
+    from gateway.web import ADMIN_TOKEN_FILE  # noqa: PLC0415
+
+    settings = _settings(args)
+    url = args.url
+    if url is None:
+        try:
+            url = (settings.state_dir / HTTP_URL_FILE).read_text().strip()
+        except OSError:
+            host, _, port = settings.http.listen.rpartition(":")
+            url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
+    headers: dict[str, str] = {}
+    if args.devices_command:
+        try:
+            token = (settings.state_dir / ADMIN_TOKEN_FILE).read_text().strip()
+        except OSError as exc:
+            raise GatewayError(
+                f"cannot read the admin token in {settings.state_dir} ({exc.strerror});"
+                " run this on the gateway as its user, with the same --state-dir"
+            ) from exc
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
+            if args.devices_command == "approve":
+                r = client.post(
+                    f"/api/v1/devices/{args.device_id}/approve",
+                    json={"name": args.name, "room": args.room},
+                )
+                return _report(r, f"approved {args.device_id}")
+            if args.devices_command == "forget":
+                r = client.delete(f"/api/v1/devices/{args.device_id}")
+                return _report(r, f"forgot {args.device_id}")
+            r = client.get("/api/v1/devices", params={"pending": str(args.pending).lower()})
+    except httpx.HTTPError as exc:
+        raise GatewayError(
+            f"cannot reach the gateway at {url} ({exc}); is `gateway run` running? (use --url)"
+        ) from exc
+    r.raise_for_status()
+    devices = r.json()
+    if args.json:
+        print(json.dumps(devices, ensure_ascii=False, indent=2))
+        return 0
+    from gateway.tables import devices_table  # noqa: PLC0415
+    from rich.console import Console  # noqa: PLC0415
+
+    Console().print(devices_table(devices, title="待批准设备 Pending devices" if args.pending else "设备 Devices"))
+    return 0
+
+
+def _report(response: Any, ok: str) -> int:
+    if response.status_code < 300:
+        print(ok)
+        return 0
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    print(f"gateway: {response.status_code}: {detail}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""`gateway run`: the daemon's lifecycle.
+
+One root TaskGroup owns every long-running task. SIGTERM/SIGINT set a stop flag; the daemon
+then publishes `offline` on its status topic, disconnects, stops its tasks, writes the
+registry one last time and closes it. systemd gets READY=1 and watchdog pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from gateway import __version__
+from gateway.bus import Bus
+from gateway.config import Settings, parse_host_port
+from gateway.contract import MqttContract, status_will
+from gateway.devices.base import Adapter
+from gateway.devices.tasmota import TasmotaAdapter
+from gateway.devices.zigbee2mqtt import Zigbee2MqttAdapter
+from gateway.errors import BrokerError, GatewayError
+from gateway.hub import Hub
+from gateway.mqtt import MqttClient, Will
+from gateway.registry import Registry
+from gateway.systemd import Notifier
+from gateway.web import WebContext, bind, create_app, load_admin_token, serve
+
+__all__ = ["HTTP_URL_FILE", "Gateway"]
+
+log = logging.getLogger(__name__)
+
+HTTP_URL_FILE = "http.url"
+_HTTP_READY_TIMEOUT_S = 5.0
+
+
+class Gateway:
+    """The whole daemon. `await Gateway(settings).run()` until `stop()` or a signal."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        http_socket: socket.socket | None = None,
+    ) -> None:
+        self.settings = settings
+        self._notifier = notifier or Notifier(None)
+        self._http_socket = http_socket
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.hub: Hub | None = None
+        self.mqtt: MqttClient | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _open_http(self) -> socket.socket | None:
+        if not self.settings.http.enabled:
+            return None
+        if self._http_socket is not None:
+            return self._http_socket
+        host, port = parse_host_port(self.settings.http.listen)
+        try:
+            return bind(host, port)
+        except OSError as exc:
+            raise GatewayError(
+                f"cannot listen on {self.settings.http.listen}: {exc.strerror}"
+                " (set http.listen or --http to a free HOST:PORT)"
+            ) from exc
+
+    async def run(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+        try:
+            s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise GatewayError(f"cannot create state directory {s.state_dir}: {exc.strerror}") from exc
+        http_sock = self._open_http()
+        try:
+            async with Registry(s.state_dir, synchronous=s.registry.synchronous) as registry:
+                await self._run(registry, http_sock)
+        finally:
+            if http_sock is not None:
+                http_sock.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self, registry: Registry, http_sock: socket.socket | None) -> None:
+        s = self.settings
+        bus = Bus()
+        hub = Hub(
+            registry,
+            bus,
+            auto_approve=s.discovery.auto_approve,
+            flush_interval_s=s.registry.flush_interval_s,
+        )
+        await hub.load()
+        status_topic, offline = status_will(s.id)
+        mqtt = MqttClient(
+            host=s.mqtt.host,
+            port=s.mqtt.port,
+            client_id=s.mqtt_client_id,
+            username=s.mqtt.username,
+            password=s.mqtt.password.get_secret_value() if s.mqtt.password else None,
+            keepalive_s=s.mqtt.keepalive_s,
+            connect_timeout_s=s.mqtt.connect_timeout_s,
+            reconnect_min_s=s.mqtt.reconnect_min_s,
+            reconnect_max_s=s.mqtt.reconnect_max_s,
+            will=Will(status_topic, offline),
+            name="local-mqtt",
+        )
+        self.hub, self.mqtt = hub, mqtt
+        contract = MqttContract(
+            hub,
+            mqtt,
+            gateway_id=s.id,
+            state_qos=s.mqtt.state_qos,
+            ha_enabled=s.homeassistant.enabled,
+            ha_prefix=s.homeassistant.discovery_prefix,
+            ha_status_topic=s.homeassistant.status_topic,
+        )
+        contract.attach()
+        adapters: list[Adapter] = []
+        if s.tasmota.enabled:
+            adapters.append(TasmotaAdapter(mqtt, hub, discovery_prefix=s.tasmota.discovery_prefix))
+        if s.zigbee2mqtt.enabled:
+            adapters.append(Zigbee2MqttAdapter(mqtt, hub, base_topic=s.zigbee2mqtt.base_topic))
+        for adapter in adapters:
+            hub.add_adapter(adapter)
+
+        http_ready = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        async with asyncio.TaskGroup() as tg:
+            tasks.append(tg.create_task(mqtt.run(), name="mqtt-local"))
+            tasks.append(tg.create_task(hub.run(), name="registry-writer"))
+            tasks.append(tg.create_task(contract.run(), name="commands"))
+            for adapter in adapters:
+                tasks.append(tg.create_task(adapter.run(), name=f"adapter-{adapter.protocol}"))
+            if http_sock is not None:
+                ctx = WebContext(
+                    hub,
+                    gateway_id=s.id,
+                    admin_token=await asyncio.to_thread(load_admin_token, s.state_dir),
+                    mqtt_connected=lambda: mqtt.connected,
+                )
+                app = create_app(ctx)
+                tasks.append(tg.create_task(serve(app, http_sock, ready=http_ready), name="http"))
+            tasks.append(
+                tg.create_task(self._notifier.watchdog(s.watchdog_fraction), name="watchdog")
+            )
+            await self._announce_ready(mqtt, http_sock, http_ready, hub)
+            await self._stop.wait()
+            log.info("stopping")
+            self._notifier.stopping()
+            await mqtt.close(final=[(status_topic, offline, True)])
+            for task in tasks:
+                task.cancel()
+        contract.detach()
+        log.info("stopped")
+
+    async def _announce_ready(
+        self, mqtt: MqttClient, http_sock: socket.socket | None, http_ready: asyncio.Event, hub: Hub
+    ) -> None:
+        s = self.settings
+        with contextlib.suppress(BrokerError):
+            await mqtt.wait_connected(s.mqtt.connect_timeout_s)
+        if not mqtt.connected:
+            log.warning("broker %s not reachable yet; serving anyway and retrying", s.mqtt.url)
+        http_url = ""
+        if http_sock is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(http_ready.wait(), _HTTP_READY_TIMEOUT_S)
+            host, port = http_sock.getsockname()[:2]
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+            http_url = f"http://{shown}:{port}"
+            await asyncio.to_thread(_write_private, s.state_dir / HTTP_URL_FILE, http_url + "\n")
+        self.ready.set()
+        self._notifier.ready(f"{len(hub.devices())} devices")
+        log.info(
+            "gateway %s %s ready: mqtt %s (%s), http %s, %d devices, state %s",
+            s.id,
+            __version__,
+            s.mqtt.url,
+            "connected" if mqtt.connected else "not connected",
+            http_url or "off",
+            len(hub.devices()),
+            s.state_dir,
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    tmp.replace(path)

@@ -1,0 +1,320 @@
+"""The hub: every device the gateway knows, its live state, and the one command path.
+
+Adapters report to the hub (it is their DeviceSink); the hub keeps the registry current,
+emits events on the bus, and routes commands to the adapter that owns a device. The hub is
+synchronous on the hot path (a state update is a dict merge and an event); persistence runs
+behind it in `run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.bus import Bus, Event
+from gateway.devices.base import Adapter, Found
+from gateway.errors import CommandRejected, DeviceError, RegistryError
+from gateway.model import DeviceInfo, Kind, iso_now, validate_command
+from gateway.registry import DeviceRow, Registry
+
+__all__ = ["Device", "Hub"]
+
+log = logging.getLogger(__name__)
+
+_COMMAND_TIMEOUT_S = 10.0
+_MAX_CONCURRENT_COMMANDS = 32
+
+
+@dataclass(slots=True)
+class Device:
+    """A device as the hub holds it: the stored row plus live values."""
+
+    row: DeviceRow
+    state: dict[str, Any] = field(default_factory=dict)
+    state_ts: str | None = None
+    online: bool = False
+    info: DeviceInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refresh_info()
+
+    def refresh_info(self) -> None:
+        r = self.row
+        self.info = DeviceInfo(
+            id=r.id,
+            name=r.display_name,
+            kind=Kind(r.kind) if r.kind in Kind._value2member_map_ else Kind.OTHER,
+            room=r.room,
+            protocol=r.protocol,
+            model=r.model,
+            manufacturer=r.manufacturer,
+            address=r.address,
+            capabilities=tuple(r.capabilities),
+            settable=tuple(r.settable),
+            controllable=r.controllable,
+            ranges={k: (float(v[0]), float(v[1])) for k, v in r.ranges.items()},
+        )
+
+    def state_payload(self) -> dict[str, Any]:
+        return {**self.state, "ts": self.state_ts or iso_now()}
+
+
+class Hub:
+    """Owns the device set. Use `load()` once at start, then `run()` as a task."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        bus: Bus,
+        *,
+        auto_approve: Iterable[str] = (),
+        flush_interval_s: float = 2.0,
+    ) -> None:
+        self._registry = registry
+        self.bus = bus
+        self._auto_approve = frozenset(auto_approve)
+        self._flush_interval_s = flush_interval_s
+        self._devices: dict[str, Device] = {}
+        self._adapters: dict[str, Adapter] = {}
+        self._dirty_state: set[str] = set()
+        self._dirty_row: set[str] = set()
+        self._removed: set[str] = set()
+        self._wake = asyncio.Event()
+        self._command_slots = asyncio.Semaphore(_MAX_CONCURRENT_COMMANDS)
+        self._device_locks: dict[str, asyncio.Lock] = {}
+        self.unknown_reports = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def add_adapter(self, adapter: Adapter) -> None:
+        self._adapters[adapter.protocol] = adapter
+
+    async def load(self) -> None:
+        """Load every stored device (availability unknown = offline until its adapter says)."""
+        for row in await self._registry.devices():
+            dev = Device(row=row, state=dict(row.last_state))
+            if row.last_seen is not None:
+                dev.state_ts = row.last_seen.astimezone(UTC).isoformat(timespec="milliseconds").replace(
+                    "+00:00", "Z"
+                )
+            self._devices[row.id] = dev
+        log.info("registry: %d devices loaded", len(self._devices))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    def devices(self, *, approved: bool | None = True) -> list[Device]:
+        return [
+            d for d in self._devices.values() if approved is None or d.row.approved == approved
+        ]
+
+    # -- DeviceSink (called by adapters) ------------------------------------------------
+
+    def device_found(self, found: Found) -> None:
+        info = found.info
+        dev = self._devices.get(info.id)
+        is_new = dev is None
+        if dev is None:
+            row = DeviceRow(
+                id=info.id,
+                protocol=info.protocol,
+                native_id=found.native_id,
+                kind=info.kind.value,
+                native_name=info.name,
+                room=info.room,
+                approved=info.protocol in self._auto_approve,
+            )
+            dev = Device(row=row)
+            self._devices[info.id] = dev
+            self._removed.discard(info.id)
+            log.info(
+                "new device %s (%s %s) %s",
+                info.id,
+                info.protocol,
+                info.kind.value,
+                "approved" if row.approved else "waiting for approval",
+            )
+        row = dev.row
+        before = (
+            row.kind, row.native_id, row.native_name, row.model, row.manufacturer, row.address,
+            row.capabilities, row.settable, row.ranges, row.controllable, dict(row.meta), row.room,
+        )  # fmt: skip
+        row.kind = info.kind.value
+        row.native_id = found.native_id
+        row.native_name = info.name
+        row.model = info.model
+        row.manufacturer = info.manufacturer
+        row.address = info.address
+        row.capabilities = list(info.capabilities)
+        row.settable = list(info.settable)
+        row.ranges = {k: [v[0], v[1]] for k, v in info.ranges.items()}
+        row.controllable = info.controllable
+        row.meta = dict(found.meta)
+        if not row.room and info.room:
+            row.room = info.room
+        after = (
+            row.kind, row.native_id, row.native_name, row.model, row.manufacturer, row.address,
+            row.capabilities, row.settable, row.ranges, row.controllable, row.meta, row.room,
+        )  # fmt: skip
+        if is_new or before != after:
+            dev.refresh_info()
+            self._mark_row(info.id)
+            self.bus.emit(Event("info", info.id))
+
+    def device_state(self, device_id: str, values: Mapping[str, Any]) -> None:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            self.unknown_reports += 1
+            return
+        dev.state.update(values)
+        dev.state_ts = iso_now()
+        self._dirty_state.add(device_id)
+        self.bus.emit(Event("state", device_id, dict(values)))
+
+    def device_availability(self, device_id: str, online: bool) -> None:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            self.unknown_reports += 1
+            return
+        if dev.online != online:
+            dev.online = online
+            if online:
+                self._dirty_state.add(device_id)
+            log.info("device %s is %s", device_id, "online" if online else "offline")
+            self.bus.emit(Event("availability", device_id, {"online": online}))
+
+    def device_gone(self, device_id: str) -> None:
+        if device_id in self._devices:
+            self._forget(device_id)
+
+    def device_meta(self, device_id: str) -> Mapping[str, Any] | None:
+        dev = self._devices.get(device_id)
+        return dev.row.meta if dev else None
+
+    # -- household and installer actions ------------------------------------------------
+
+    async def approve(self, device_id: str, *, name: str | None = None, room: str | None = None) -> Device:
+        dev = self._require(device_id)
+        was_approved = dev.row.approved
+        dev.row.approved = True
+        if name is not None:
+            dev.row.name = name.strip()
+        if room is not None:
+            dev.row.room = room.strip()
+        dev.refresh_info()
+        await self._registry.upsert(dev.row)
+        self.bus.emit(Event("info", device_id, {"approved_now": not was_approved}))
+        return dev
+
+    async def forget(self, device_id: str) -> None:
+        self._require(device_id)
+        self._forget(device_id)
+        await self._flush()
+
+    def _forget(self, device_id: str) -> None:
+        dev = self._devices.pop(device_id)
+        self._dirty_state.discard(device_id)
+        self._dirty_row.discard(device_id)
+        self._removed.add(device_id)
+        self._wake.set()
+        log.info("device %s forgotten", device_id)
+        self.bus.emit(Event("removed", device_id, {"info": dev.info, "approved": dev.row.approved}))
+
+    def _require(self, device_id: str) -> Device:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            raise CommandRejected("unknown_device", f"no device {device_id!r}", device_id=device_id)
+        return dev
+
+    # -- commands -----------------------------------------------------------------------
+
+    def validate(self, device_id: str, payload: bytes | str) -> dict[str, Any]:
+        """Check a raw command against the device; CommandRejected on any problem."""
+        dev = self._devices.get(device_id)
+        if dev is not None and not dev.row.approved:
+            dev = None
+        try:
+            values = validate_command(dev.info if dev else None, payload)
+        except CommandRejected as exc:
+            exc.device_id = device_id
+            raise
+        assert dev is not None
+        if dev.info.protocol not in self._adapters:
+            raise CommandRejected("no_adapter", f"{dev.info.protocol} is not enabled", device_id=device_id)
+        return values
+
+    async def command(self, device_id: str, values: Mapping[str, Any]) -> None:
+        """Apply validated values; DeviceError if the device cannot take them.
+
+        Commands to one device run in order; at most a few dozen run at once."""
+        dev = self._require(device_id)
+        if not dev.online:
+            raise DeviceError(device_id, "device_offline", "the device is not reachable")
+        adapter = self._adapters[dev.info.protocol]
+        lock = self._device_locks.setdefault(device_id, asyncio.Lock())
+        async with self._command_slots, lock:
+            try:
+                await asyncio.wait_for(adapter.command(device_id, values), _COMMAND_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise DeviceError(device_id, "timeout", f"no answer within {_COMMAND_TIMEOUT_S:g} s") from exc
+
+    def emit_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Publish a home event (`home/<gw>/event/<kind>`)."""
+        self.bus.emit(Event("event", kind, data))
+
+    # -- persistence --------------------------------------------------------------------
+
+    def _mark_row(self, device_id: str) -> None:
+        self._dirty_row.add(device_id)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write registry changes: identity changes at once, live state every flush interval."""
+        loop = asyncio.get_running_loop()
+        next_state_flush = loop.time() + self._flush_interval_s
+        try:
+            while True:
+                timeout = max(0.0, next_state_flush - loop.time())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                flush_state = loop.time() >= next_state_flush
+                try:
+                    await self._flush(states=flush_state)
+                except RegistryError:
+                    log.exception("registry write failed; will retry")
+                if flush_state:
+                    next_state_flush = loop.time() + self._flush_interval_s
+        finally:
+            # Last chance on shutdown (shielded: we are usually being cancelled here).
+            await asyncio.shield(self._flush())
+
+    async def _flush(self, *, states: bool = True) -> None:
+        for device_id in list(self._removed):
+            await self._registry.remove(device_id)
+            self._removed.discard(device_id)
+        for device_id in list(self._dirty_row):
+            dev = self._devices.get(device_id)
+            self._dirty_row.discard(device_id)
+            if dev is not None:
+                dev.row.last_state = dict(dev.state)
+                dev.row.last_seen = dev.row.last_seen or datetime.now(UTC)
+                await self._registry.upsert(dev.row)
+        if states and self._dirty_state:
+            now = datetime.now(UTC)
+            batch = {}
+            for device_id in self._dirty_state:
+                dev = self._devices.get(device_id)
+                if dev is not None:
+                    dev.row.last_seen = now
+                    batch[device_id] = (dict(dev.state), now)
+            self._dirty_state.clear()
+            await self._registry.save_states(batch)
