@@ -64,6 +64,7 @@ class PrivateBroker:
         self._extra = extra_config
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="gw-mosquitto-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._proc: asyncio.subprocess.Process | None = None
         self._log_task: asyncio.Task[None] | None = None
         self.log_lines: list[str] = []
