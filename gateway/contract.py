@@ -9,10 +9,11 @@ broker that restarted without persistence is whole again within a second or two.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
+
+import orjson
 
 from gateway import homeassistant
 from gateway.bus import Event
@@ -30,7 +31,7 @@ _ECHO_LIMIT = 512
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(obj)
 
 
 def status_topic(gateway_id: str) -> str:

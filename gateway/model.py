@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from gateway.errors import CommandRejected
@@ -187,8 +188,8 @@ def validate_command(info: DeviceInfo | None, payload: bytes | str) -> dict[str,
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected("too_large", f"command is larger than {MAX_COMMAND_BYTES} bytes")
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
         raise CommandRejected("invalid_json", f"payload is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise CommandRejected("not_an_object", "a command is a JSON object of capability values")

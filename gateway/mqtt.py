@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -122,7 +123,11 @@ class _PahoClient(paho.Client):
     changes it (tests/integration/test_mqtt_client.py)."""
 
     def _create_socket(self) -> Any:
-        return _BufferedSocket(super()._create_socket())  # type: ignore[misc]
+        sock = super()._create_socket()  # type: ignore[misc]
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Small publishes must leave now: Nagle plus delayed ACKs adds 40 ms tails.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _BufferedSocket(sock)
 
 
 class MqttClient:
@@ -188,7 +193,8 @@ class MqttClient:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        # on_publish is installed only while a QoS 1 publish awaits its PUBACK: paho calls it
+        # for every QoS 0 packet written too, with two freshly built objects each time.
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -446,12 +452,16 @@ class MqttClient:
         fut = self._acks.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if not self._acks:
+            self._paho.on_publish = None
 
     # -- helpers ------------------------------------------------------------------------
 
     def _publish_future(self, topic: str, payload: bytes | str, *, retain: bool) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        if self._paho.on_publish is None:
+            self._paho.on_publish = self._on_publish
         info = self._paho.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             fut.set_exception(BrokerError(f"{self._name}: publish failed: {paho.error_string(info.rc)}"))

@@ -13,13 +13,13 @@ Each relay or light channel is one device: the first is `tasmota-<mac>`, the oth
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.devices.base import DeviceSink, Found
@@ -397,8 +397,8 @@ class TasmotaAdapter:
             self._bad(msg.topic, "payload too large")
             return None
         try:
-            data = json.loads(msg.payload)
-        except (ValueError, UnicodeDecodeError):
+            data = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
             self._bad(msg.topic, "not JSON")
             return None
         if not isinstance(data, dict):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.devices.base import DeviceSink, Found
@@ -234,8 +235,8 @@ class Zigbee2MqttAdapter:
             self._bad(msg.topic, "payload too large")
             return
         try:
-            data = json.loads(msg.payload)
-        except (ValueError, UnicodeDecodeError):
+            data = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
             self._bad(msg.topic, "not JSON")
             return
         if not isinstance(data, dict):
@@ -396,6 +397,6 @@ class Zigbee2MqttAdapter:
                 payload[b.prop] = value
         self._mqtt.publish(
             f"{self._base}/{tracked.friendly_name}/set",
-            json.dumps(payload, separators=(",", ":")).encode(),
+            orjson.dumps(payload),
             qos=1,
         )
