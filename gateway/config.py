@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -207,10 +207,24 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
                 value = raw
         except ValueError:
             value = raw
-        if isinstance(value, str) and "," in value and dotted.endswith("auto_approve"):
+        if isinstance(value, str) and _is_sequence(dotted):
             value = [v.strip() for v in value.split(",") if v.strip()]
         out[dotted] = (value, name)
     return out
+
+
+def _is_sequence(dotted: str) -> bool:
+    """Whether a settings key holds a list (then `a,b` in the environment means two items)."""
+    model: type[BaseModel] = Settings
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return False
+        model = ann
+    field = model.model_fields.get(leaf)
+    return field is not None and get_origin(field.annotation) in (tuple, list)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

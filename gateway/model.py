@@ -195,13 +195,13 @@ def validate_command(info: DeviceInfo | None, payload: bytes | str) -> dict[str,
         raise CommandRejected("not_an_object", "a command is a JSON object of capability values")
     if not data:
         raise CommandRejected("empty_command", "the command names no capability")
-    if not info.controllable:
-        raise CommandRejected("not_controllable", f"{info.id} cannot be controlled")
     values: dict[str, Any] = {}
     for name, value in data.items():
         spec = CAPABILITIES.get(name)
         if spec is None:
             raise CommandRejected("unknown_capability", f"unknown capability {name!r}")
+        if name in info.settable and not info.controllable:
+            raise CommandRejected("not_controllable", f"the gateway cannot control {info.id}")
         if name not in info.settable:
             if name in info.capabilities:
                 raise CommandRejected("read_only", f"{name} is read-only on {info.id}")

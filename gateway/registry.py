@@ -131,12 +131,16 @@ class Registry:
         ctx.__enter__()
         try:
             config = self._config()
-            await ctx.init(config=config)
+            # The fallback makes the registry usable from every task of the process (HTTP
+            # handlers, callers outside the task that opened it). One open registry per process.
+            await ctx.init(config=config, _enable_global_fallback=True)
             executor = MigrationExecutor(ctx.connections.get("default"), config["apps"])
             await executor.migrate()
         except (BaseORMException, OSError) as exc:
             await ctx.close_connections()
             ctx.__exit__(None, None, None)
+            if "Global context fallback is already enabled" in str(exc):
+                raise RegistryError("another registry is already open in this process") from exc
             raise RegistryError(f"cannot open registry {self.path}: {exc}") from exc
         self._ctx = ctx
         mode, sync = await self.pragmas()

@@ -84,7 +84,8 @@ class Watcher:
 
 def mosquitto_pub(broker: PrivateBroker, topic: str, payload: str | bytes, *, retain: bool = False) -> None:
     data = payload.encode() if isinstance(payload, str) else payload
-    cmd = ["mosquitto_pub", "-p", str(broker.port), "-t", topic, "-s", "-q", "1"]
+    cmd = ["mosquitto_pub", "-p", str(broker.port), "-t", topic, "-q", "1"]
+    cmd += ["-s"] if data else ["-n"]  # -n: an empty message (clears a retained topic)
     if retain:
         cmd.append("-r")
     subprocess.run(cmd, input=data, check=True, timeout=10)

@@ -1,0 +1,118 @@
+"""The installer's commands against a real gateway process: devices, approve, forget, doctor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.broker import PrivateBroker
+from tests.helpers import PLUG_ID, Watcher, announce_tasmota_plug, gateway_child
+
+
+def gateway_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )  # fmt: skip
+
+
+async def test_devices_list_approve_forget(broker: PrivateBroker, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    announce_tasmota_plug(broker)
+    # Tasmota is not auto-approved here, so the plug waits for the installer.
+    child = gateway_child(broker, state, env={**os.environ, "GATEWAY_DISCOVERY__AUTO_APPROVE": "zigbee2mqtt"})
+    common = ("--state-dir", str(state), "--id", "t1")
+    async with Watcher(broker, "home/t1/#") as topics:
+        await child.start()
+        try:
+            async with asyncio.timeout(10):
+                while PLUG_ID not in (await asyncio.to_thread(gateway_cli, "devices", "--pending", *common)).stdout:
+                    await asyncio.sleep(0.1)
+            listed = await asyncio.to_thread(gateway_cli, "devices", *common, "--json")
+            assert json.loads(listed.stdout) == []
+            out = await asyncio.to_thread(
+                gateway_cli, "devices", *common, "approve", PLUG_ID, "--name", "电视柜插座", "--room", "客厅"
+            )
+            assert out.returncode == 0, out.stderr
+            info_topic = f"home/t1/device/{PLUG_ID}/info"
+            await topics.wait(lambda: info_topic in topics.retained and topics.json(info_topic)["room"] == "客厅")
+            assert topics.json(info_topic)["name"] == "电视柜插座"
+            table = await asyncio.to_thread(gateway_cli, "devices", *common)
+            assert "电视柜插座" in table.stdout and "客厅" in table.stdout
+            out = await asyncio.to_thread(gateway_cli, "devices", *common, "forget", PLUG_ID)
+            assert out.returncode == 0, out.stderr
+            await topics.wait(lambda: topics.retained.get(info_topic) == b"", what="info cleared")
+            missing = await asyncio.to_thread(gateway_cli, "devices", *common, "forget", "nope")
+            assert missing.returncode == 1 and "unknown_device" in missing.stderr
+        finally:
+            await child.stop()
+
+
+def test_devices_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> None:
+    out = gateway_cli("devices", "--state-dir", str(tmp_path), "--url", "http://127.0.0.1:9")
+    assert out.returncode == 2
+    assert "is `gateway run` running?" in out.stderr
+
+
+async def test_doctor_passes_and_fails_with_one_line_per_check(broker: PrivateBroker, tmp_path: Path) -> None:
+    good = await asyncio.to_thread(
+        gateway_cli, "doctor", "--mqtt", broker.url, "--state-dir", str(tmp_path / "s"), "--id", "t1"
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    for name in ("config", "registry", "broker", "clock"):
+        assert re.search(rf"✔ OK\s+{name}", good.stdout), good.stdout
+    await broker.stop()
+    bad = await asyncio.to_thread(
+        gateway_cli, "doctor", "--mqtt", broker.url, "--state-dir", str(tmp_path / "s"), "--id", "t1"
+    )
+    assert bad.returncode == 1
+    assert re.search(r"✘ FAIL\s+broker .*mosquitto", bad.stdout), bad.stdout
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[mqtt]\nurl = 'nope'\n")
+    cfg = await asyncio.to_thread(gateway_cli, "doctor", "--config", str(broken))
+    assert cfg.returncode == 1 and "✘ FAIL config" in cfg.stdout and "mqtt.url" in cfg.stdout
+
+
+def test_run_with_a_broken_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    broken = tmp_path / "g.toml"
+    broken.write_text("[registry]\nsynchronous = 'SOMETIMES'\n")
+    out = gateway_cli("run", "--config", str(broken))
+    assert out.returncode == 2
+    assert "registry.synchronous" in out.stderr and "'NORMAL' or 'FULL'" in out.stderr
+
+
+@pytest.mark.skipif(not sys.stdout, reason="needs a stdout")
+def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", "--http-port", "0", "--no-live", "--duration", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            # The table shows live values of the simulated devices.
+            if "客厅灯" in line and ("开 on" in line or "关 off" in line):
+                break
+        logs = next(line.split("logs in ")[1].strip() for line in seen if "logs in " in line)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "nothing left running" in rest
+    # No process of the demo survives it.
+    leftovers = subprocess.run(["pgrep", "-f", logs], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+    assert not Path(logs).exists()
