@@ -35,7 +35,9 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     try:
-        mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
+        mosq = subprocess.run(
+            ["mosquitto", "-h"], capture_output=True, text=True, timeout=5
+        ).stdout.splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         mosq = "mosquitto ?"
     return {
@@ -78,8 +80,10 @@ def show(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], info
     for row in rows:
         table.add_row(*[str(c) for c in row])
     console.print(table)
-    console.print(f"[dim]{info['cpu']} · {info['cores']} cores · {info['memory']} · Linux {info['kernel']} · "
-                  f"Python {info['python']} · {info['broker']} · {info['date']}[/dim]")
+    console.print(
+        f"[dim]{info['cpu']} · {info['cores']} cores · {info['memory']} · Linux {info['kernel']} · "
+        f"Python {info['python']} · {info['broker']} · {info['date']}[/dim]"
+    )
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, percentile, rss_mb, save, show  # noqa: E402
+from _common import machine, percentile, rss_mb, save, show
 
-from gateway.broker import PrivateBroker  # noqa: E402
-from gateway.mqtt import Message, MqttClient  # noqa: E402
-from gateway.procs import Child  # noqa: E402
+from gateway.broker import PrivateBroker
+from gateway.mqtt import Message, MqttClient
+from gateway.procs import Child
 
 GW = "bench"
 DEVICES = 200
@@ -37,16 +37,46 @@ DEVICES = 200
 def z2m_devices(n: int) -> list[dict[str, Any]]:
     exposes = [
         {"type": "numeric", "name": "energy", "property": "energy", "access": 1, "unit": "kWh"},
-        {"type": "numeric", "name": "temperature", "property": "temperature", "access": 1, "unit": "°C"},
-        {"type": "numeric", "name": "linkquality", "property": "linkquality", "access": 1, "unit": "lqi"},
+        {
+            "type": "numeric",
+            "name": "temperature",
+            "property": "temperature",
+            "access": 1,
+            "unit": "°C",
+        },
+        {
+            "type": "numeric",
+            "name": "linkquality",
+            "property": "linkquality",
+            "access": 1,
+            "unit": "lqi",
+        },
     ]
-    out: list[dict[str, Any]] = [{"ieee_address": "0x00124b0000000000", "type": "Coordinator", "friendly_name": "Coordinator", "definition": None}]
+    out: list[dict[str, Any]] = [
+        {
+            "ieee_address": "0x00124b0000000000",
+            "type": "Coordinator",
+            "friendly_name": "Coordinator",
+            "definition": None,
+        }
+    ]
     for i in range(n):
-        out.append({
-            "ieee_address": f"0x00158d00{i:08x}", "type": "EndDevice", "friendly_name": f"bench_{i:03d}",
-            "supported": True, "disabled": False, "interview_completed": True,
-            "definition": {"model": "BENCH-1", "vendor": "Bench", "description": "bench meter", "exposes": exposes},
-        })  # fmt: skip
+        out.append(
+            {
+                "ieee_address": f"0x00158d00{i:08x}",
+                "type": "EndDevice",
+                "friendly_name": f"bench_{i:03d}",
+                "supported": True,
+                "disabled": False,
+                "interview_completed": True,
+                "definition": {
+                    "model": "BENCH-1",
+                    "vendor": "Bench",
+                    "description": "bench meter",
+                    "exposes": exposes,
+                },
+            }
+        )
     return out
 
 
@@ -55,16 +85,21 @@ def dev_id(i: int) -> str:
 
 
 async def pub_lines(port: int, topic: str, lines: bytes) -> None:
-    proc = await asyncio.create_subprocess_exec("mosquitto_pub", "-p", str(port), "-t", topic, "-l", stdin=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-p", str(port), "-t", topic, "-l", stdin=subprocess.PIPE
+    )
     await proc.communicate(lines)
 
 
-async def pipe_rate(port: int, pub_topic: str, sub_topic: str, n: int, line: bytes = b'{"energy": %d}') -> tuple[float, int]:
+async def pipe_rate(
+    port: int, pub_topic: str, sub_topic: str, n: int, line: bytes = b'{"energy": %d}'
+) -> tuple[float, int]:
     """Messages/s from `mosquitto_pub -l` to a `mosquitto_sub` reading `sub_topic`."""
     sub = await asyncio.create_subprocess_exec(
         "mosquitto_sub", "-p", str(port), "-t", sub_topic, stdout=subprocess.PIPE
     )
     assert sub.stdout is not None
+
     # Wait until the subscriber really receives (no sleep): send a sync update until one arrives.
     async def sync() -> None:
         while True:
@@ -96,7 +131,9 @@ async def pipe_rate(port: int, pub_topic: str, sub_topic: str, n: int, line: byt
     return n / elapsed if got >= n else got / elapsed, got
 
 
-async def latency(port: int, rate: int, seconds: float, *, via_gateway: bool) -> tuple[float, float, int, int]:
+async def latency(
+    port: int, rate: int, seconds: float, *, via_gateway: bool
+) -> tuple[float, float, int, int]:
     """Offered load `rate` msg/s over DEVICES devices; returns (p50 ms, p99 ms, sent, received)."""
     sent_at: dict[int, float] = {}
     lat: list[float] = []
@@ -121,7 +158,9 @@ async def latency(port: int, rate: int, seconds: float, *, via_gateway: bool) ->
         tasks = [tg.create_task(rx.run()), tg.create_task(tx.run())]
         await rx.wait_connected(5)
         await tx.wait_connected(5)
-        await asyncio.sleep(0.2)  # let the SUBACK land before we start the clock (not a sync point for results)
+        await asyncio.sleep(
+            0.2
+        )  # let the SUBACK land before we start the clock (not a sync point for results)
         loop = asyncio.get_running_loop()
         start = loop.time()
         seq = 0
@@ -147,7 +186,9 @@ async def latency(port: int, rate: int, seconds: float, *, via_gateway: bool) ->
 
 async def bare_python_rss() -> float:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import asyncio, sys; sys.stdout.write('x\\n'); sys.stdout.flush(); asyncio.run(asyncio.sleep(30))",
+        sys.executable,
+        "-c",
+        "import asyncio, sys; sys.stdout.write('x\\n'); sys.stdout.flush(); asyncio.run(asyncio.sleep(30))",
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -167,12 +208,24 @@ async def main(n: int, seconds: float, loads: list[int]) -> None:
             raw_rate, raw_got = await pipe_rate(broker.port, "raw/x", "raw/x", n)
             gateway = Child(
                 "gateway",
-                [sys.executable, "-m", "gateway.cli", "run", "--mqtt", broker.url, "--state-dir", f"{tmp}/state",
-                 "--id", GW, "--http", "127.0.0.1:0"],
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.cli",
+                    "run",
+                    "--mqtt",
+                    broker.url,
+                    "--state-dir",
+                    f"{tmp}/state",
+                    "--id",
+                    GW,
+                    "--http",
+                    "127.0.0.1:0",
+                ],
                 log_path=Path(tmp) / "gateway.log",
                 ready=r" ready: ",
                 env={**os.environ, "GATEWAY_HOMEASSISTANT__ENABLED": "false"},
-            )  # fmt: skip
+            )
             t0 = time.perf_counter()
             await gateway.start()
             ready_s = time.perf_counter() - t0
@@ -195,16 +248,27 @@ async def main(n: int, seconds: float, loads: list[int]) -> None:
                 wt = tg.create_task(watch.run())
                 await watch.wait_connected(5)
                 await broker_publish(broker.port, "zigbee2mqtt/bridge/state", b'{"state":"online"}')
-                await broker_publish(broker.port, "zigbee2mqtt/bridge/devices", json.dumps(z2m_devices(DEVICES)).encode())
+                await broker_publish(
+                    broker.port,
+                    "zigbee2mqtt/bridge/devices",
+                    json.dumps(z2m_devices(DEVICES)).encode(),
+                )
                 for i in range(DEVICES):
-                    await broker_publish(broker.port, f"zigbee2mqtt/bench_{i:03d}", b'{"energy": 1, "temperature": 21.5}', retain=False)
+                    await broker_publish(
+                        broker.port,
+                        f"zigbee2mqtt/bench_{i:03d}",
+                        b'{"energy": 1, "temperature": 21.5}',
+                        retain=False,
+                    )
                 await asyncio.wait_for(all_seen.wait(), 30)
                 await watch.close()
                 wt.cancel()
             await asyncio.sleep(2.0)
             loaded_rss = rss_mb(gateway.pid)
 
-            gw_rate, gw_got = await pipe_rate(broker.port, "zigbee2mqtt/bench_000", f"home/{GW}/device/{dev_id(0)}/state", n)
+            gw_rate, gw_got = await pipe_rate(
+                broker.port, "zigbee2mqtt/bench_000", f"home/{GW}/device/{dev_id(0)}/state", n
+            )
             lat_rows = []
             for rate in loads:
                 raw = await latency(broker.port, rate, seconds, via_gateway=False)
@@ -213,19 +277,57 @@ async def main(n: int, seconds: float, loads: list[int]) -> None:
             await gateway.stop()
             bare = await bare_python_rss()
 
-    rows.append(["throughput (msg/s)", f"{raw_rate:,.0f}", f"{gw_rate:,.0f}", f"{gw_rate / raw_rate:.0%} of raw (target ≥ 25%)"])
+    rows.append(
+        [
+            "throughput (msg/s)",
+            f"{raw_rate:,.0f}",
+            f"{gw_rate:,.0f}",
+            f"{gw_rate / raw_rate:.0%} of raw (target ≥ 25%)",
+        ]
+    )
     for rate, raw, via in lat_rows:
-        rows.append([f"p50 / p99 latency @ {rate}/s (ms)", f"{raw[0]:.2f} / {raw[1]:.2f}", f"{via[0]:.2f} / {via[1]:.2f}",
-                     f"received {via[3]}/{via[2]}" + (" (target p99 < 10 ms)" if rate == 500 else "")])
+        rows.append(
+            [
+                f"p50 / p99 latency @ {rate}/s (ms)",
+                f"{raw[0]:.2f} / {raw[1]:.2f}",
+                f"{via[0]:.2f} / {via[1]:.2f}",
+                f"received {via[3]}/{via[2]}" + (" (target p99 < 10 ms)" if rate == 500 else ""),
+            ]
+        )
     rows.append(["ready after start (s)", "", f"{ready_s:.2f}", "target < 3 s"])
     rows.append(["resident memory idle (MB)", f"{bare:.1f} (bare Python)", f"{idle_rss:.1f}", ""])
     rows.append([f"resident memory, {DEVICES} devices (MB)", "", f"{loaded_rss:.1f}", "target < 60 MB"])
-    show("Relay: device update → home/<gw>/device/<id>/state", ["measure", "baseline (broker only)", "gateway", "note"], rows, info)
+    show(
+        "Relay: device update → home/<gw>/device/<id>/state",
+        ["measure", "baseline (broker only)", "gateway", "note"],
+        rows,
+        info,
+    )
     results.update(
-        throughput={"raw": raw_rate, "raw_received": raw_got, "gateway": gw_rate, "gateway_received": gw_got, "n": n},
-        latency=[{"rate": r, "raw_p50": a[0], "raw_p99": a[1], "gw_p50": b[0], "gw_p99": b[1], "sent": b[2], "received": b[3]} for r, a, b in lat_rows],
-        ready_s=ready_s, idle_rss_mb=idle_rss, loaded_rss_mb=loaded_rss, bare_python_rss_mb=bare,
-    )  # fmt: skip
+        throughput={
+            "raw": raw_rate,
+            "raw_received": raw_got,
+            "gateway": gw_rate,
+            "gateway_received": gw_got,
+            "n": n,
+        },
+        latency=[
+            {
+                "rate": r,
+                "raw_p50": a[0],
+                "raw_p99": a[1],
+                "gw_p50": b[0],
+                "gw_p99": b[1],
+                "sent": b[2],
+                "received": b[3],
+            }
+            for r, a, b in lat_rows
+        ],
+        ready_s=ready_s,
+        idle_rss_mb=idle_rss,
+        loaded_rss_mb=loaded_rss,
+        bare_python_rss_mb=bare,
+    )
     print(f"saved {save('relay', results)}")
 
 

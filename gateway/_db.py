@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # Field comments are plain `#` on purpose: tortoise turns `#:` comments into SQL comments, and
 # a semicolon inside one breaks its SQLite migration runner.
+from typing import Any
+
 from tortoise import fields
 from tortoise.models import Model
 
@@ -36,13 +38,13 @@ class Device(Model):
     model = fields.CharField(max_length=128, default="")
     manufacturer = fields.CharField(max_length=128, default="")
     address = fields.CharField(max_length=256, default="")
-    capabilities = fields.JSONField(default=list)
-    settable = fields.JSONField(default=list)
-    ranges = fields.JSONField(default=dict)
+    capabilities: fields.JSONField[list[str]] = fields.JSONField(default=list)
+    settable: fields.JSONField[list[str]] = fields.JSONField(default=list)
+    ranges: fields.JSONField[dict[str, list[float]]] = fields.JSONField(default=dict)
     controllable = fields.BooleanField(default=False)
     # Adapter-private data needed to reach the device again (topics, endpoints).
-    meta = fields.JSONField(default=dict)
-    last_state = fields.JSONField(default=dict)
+    meta: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
+    last_state: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
     last_seen = fields.DatetimeField(null=True)
     approved = fields.BooleanField(default=False)
     created_at = fields.DatetimeField(auto_now_add=True)

@@ -149,7 +149,9 @@ class PrivateBroker:
             self._log_task = asyncio.create_task(self._collect_log(self._proc), name="mosquitto-log")
             return
         await self.kill()
-        raise BrokerError(f"mosquitto did not listen on {self.host}:{self.port} within {_READY_TIMEOUT_S:g} s")
+        raise BrokerError(
+            f"mosquitto did not listen on {self.host}:{self.port} within {_READY_TIMEOUT_S:g} s"
+        )
 
     async def _collect_log(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -185,7 +187,10 @@ class PrivateBroker:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()
         if self._own_dir:

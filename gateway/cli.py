@@ -30,6 +30,11 @@ def _setup_logging(level: str) -> None:
     # aiosqlite logs every statement at DEBUG; tortoise is chatty at INFO.
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
+    # aiocoap logs every retransmission and odd peer at INFO/WARNING; we log peers ourselves.
+    logging.getLogger("coap").setLevel(logging.ERROR)
+    logging.getLogger("coap-server").setLevel(logging.ERROR)
+    logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,19 +58,24 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gateway", description="北方云家庭网关 Beifang Home Gateway"
-    )
+    parser = argparse.ArgumentParser(prog="gateway", description="北方云家庭网关 Beifang Home Gateway")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the gateway daemon")
     _common(p)
+    p.add_argument(
+        "--http-fd", type=int, metavar="FD", help=argparse.SUPPRESS
+    )  # an inherited listening socket (demo)
 
     p = sub.add_parser("demo", help="the whole system on this machine: broker, simulated home, gateway")
     p.add_argument("--http-port", type=int, default=8080, help="gateway HTTP port on 127.0.0.1 (0 = any)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--no-live", action="store_true", help="print the table once a second instead of a live view")
+    p.add_argument(
+        "--no-live",
+        action="store_true",
+        help="print the table once a second instead of a live view",
+    )
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -101,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.demo import run_demo  # noqa: PLC0415 - the demo pulls in rich and simulators
 
             _setup_logging("WARNING")
-            return asyncio.run(run_demo(http_port=args.http_port, duration_s=args.duration, live=not args.no_live))
+            return asyncio.run(
+                run_demo(http_port=args.http_port, duration_s=args.duration, live=not args.no_live)
+            )
         if args.command == "config":
             return _cmd_config(args)
         if args.command == "devices":
@@ -130,7 +142,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings.log.level)
-    gateway = Gateway(settings, notifier=Notifier.from_environ(os.environ))
+    http_socket = None
+    if args.http_fd is not None:
+        import socket  # noqa: PLC0415
+
+        http_socket = socket.socket(fileno=args.http_fd)
+        http_socket.setblocking(False)
+    gateway = Gateway(settings, notifier=Notifier.from_environ(os.environ), http_socket=http_socket)
     asyncio.run(gateway.run())
     return 0
 
@@ -141,7 +159,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
             print(f"gateway: {args.file}: no such file", file=sys.stderr)
             return 2
         settings = load_settings(args.file)
-        print(f"{args.file}: OK (gateway {settings.id}, broker {settings.mqtt.url}, state {settings.state_dir})")
+        print(
+            f"{args.file}: OK (gateway {settings.id}, broker {settings.mqtt.url}, state {settings.state_dir})"
+        )
         return 0
     settings = _settings(args)
     print(settings.model_dump_json(indent=2))
@@ -193,10 +213,13 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(devices, ensure_ascii=False, indent=2))
         return 0
-    from gateway.tables import devices_table  # noqa: PLC0415
     from rich.console import Console  # noqa: PLC0415
 
-    Console().print(devices_table(devices, title="待批准设备 Pending devices" if args.pending else "设备 Devices"))
+    from gateway.tables import devices_table  # noqa: PLC0415
+
+    Console().print(
+        devices_table(devices, title="待批准设备 Pending devices" if args.pending else "设备 Devices")
+    )
     return 0
 
 

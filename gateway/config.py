@@ -44,7 +44,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/gateway/gateway.toml")
 ENV_PREFIX = "GATEWAY_"
 SYSTEM_STATE_DIR = Path("/var/lib/gateway")
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
-DEFAULT_HTTP_LISTEN = "0.0.0.0:8080"  # noqa: S104 - the TV menu is served to the home LAN
+DEFAULT_HTTP_LISTEN = "0.0.0.0:8080"
 
 
 def _check_mqtt_url(url: str) -> str:
@@ -128,8 +128,26 @@ class RegistrySettings(_Section):
 
 
 class DiscoverySettings(_Section):
-    #: Protocols whose newly found devices are approved without an installer.
+    """LAN discovery (mDNS/DNS-SD, CoAP multicast) and the installer inbox."""
+
+    #: Protocols whose newly found devices are approved without an installer. Third-party
+    #: mDNS devices (`mdns`) wait as pending by default.
     auto_approve: tuple[str, ...] = ("tasmota", "zigbee2mqtt", "terminal", "coap")
+    #: LAN interfaces (names or IPv4 addresses) for multicast. Never all interfaces: the box
+    #: also faces the operator's network.
+    interfaces: tuple[str, ...] = ("br-lan",)
+    mdns: bool = True
+    coap: bool = True
+    #: Announce the gateway as `_bfy-gateway._tcp`.
+    announce: bool = True
+    #: CoAP multicast discovery period, and how long to collect answers each time.
+    coap_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    coap_window_s: float = Field(default=2.0, gt=0, le=30)
+    #: A CoAP observation that stays silent this long is re-registered; failing that, offline.
+    coap_observe_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    #: An operator terminal whose event stream is silent this long is offline (it sends a
+    #: keep-alive every 15 s).
+    terminal_event_timeout_s: float = Field(default=45.0, gt=0, le=3600)
 
 
 class TasmotaSettings(_Section):

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import __version__
@@ -20,7 +21,11 @@ from gateway.bus import Bus
 from gateway.config import Settings, parse_host_port
 from gateway.contract import MqttContract, status_will
 from gateway.devices.base import Adapter
+from gateway.devices.coap import CoapAdapter
+from gateway.devices.mdns import MdnsDeviceAdapter, MdnsDiscovery, resolve_interfaces
 from gateway.devices.tasmota import TasmotaAdapter
+from gateway.devices.terminal import SERVICE_TYPE as TERMINAL_SERVICE
+from gateway.devices.terminal import TerminalAdapter
 from gateway.devices.zigbee2mqtt import Zigbee2MqttAdapter
 from gateway.errors import BrokerError, GatewayError
 from gateway.hub import Hub
@@ -35,6 +40,12 @@ log = logging.getLogger(__name__)
 
 HTTP_URL_FILE = "http.url"
 _HTTP_READY_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _Lan:
+    adapters: list[Adapter] = field(default_factory=list)
+    mdns: MdnsDiscovery | None = None
 
 
 class Gateway:
@@ -133,6 +144,8 @@ class Gateway:
             adapters.append(TasmotaAdapter(mqtt, hub, discovery_prefix=s.tasmota.discovery_prefix))
         if s.zigbee2mqtt.enabled:
             adapters.append(Zigbee2MqttAdapter(mqtt, hub, base_topic=s.zigbee2mqtt.base_topic))
+        lan = self._lan_discovery(hub, http_sock)
+        adapters.extend(lan.adapters)
         for adapter in adapters:
             hub.add_adapter(adapter)
 
@@ -144,6 +157,8 @@ class Gateway:
             tasks.append(tg.create_task(contract.run(), name="commands"))
             for adapter in adapters:
                 tasks.append(tg.create_task(adapter.run(), name=f"adapter-{adapter.protocol}"))
+            if lan.mdns is not None:
+                tasks.append(tg.create_task(lan.mdns.run(), name="mdns"))
             if http_sock is not None:
                 ctx = WebContext(
                     hub,
@@ -153,9 +168,7 @@ class Gateway:
                 )
                 app = create_app(ctx)
                 tasks.append(tg.create_task(serve(app, http_sock, ready=http_ready), name="http"))
-            tasks.append(
-                tg.create_task(self._notifier.watchdog(s.watchdog_fraction), name="watchdog")
-            )
+            tasks.append(tg.create_task(self._notifier.watchdog(s.watchdog_fraction), name="watchdog"))
             await self._announce_ready(mqtt, http_sock, http_ready, hub)
             await self._stop.wait()
             log.info("stopping")
@@ -165,6 +178,44 @@ class Gateway:
                 task.cancel()
         contract.detach()
         log.info("stopped")
+
+    def _lan_discovery(self, hub: Hub, http_sock: socket.socket | None) -> _Lan:
+        """mDNS (operator terminals, third-party devices, our announcement) and CoAP discovery,
+        on the configured LAN interfaces only."""
+        s = self.settings.discovery
+        out = _Lan()
+        if not (s.mdns or s.coap):
+            return out
+        try:
+            addresses = resolve_interfaces(s.interfaces)
+        except GatewayError as exc:
+            log.error("LAN discovery is off: %s", exc)  # noqa: TRY400 - the message says it all
+            return out
+        if s.mdns:
+            port = http_sock.getsockname()[1] if http_sock is not None and s.announce else 0
+            mdns = MdnsDiscovery(
+                interfaces=addresses,
+                announce={"id": self.settings.id, "version": __version__, "api": "/api/v1"},
+                announce_port=port,
+            )
+            terminals = TerminalAdapter(hub, event_timeout_s=s.terminal_event_timeout_s)
+            third_party = MdnsDeviceAdapter(hub, is_claimed=terminals.claims)
+            mdns.add_consumer(TERMINAL_SERVICE, terminals)
+            for service_type in third_party.service_types:
+                mdns.add_consumer(service_type, third_party)
+            out.mdns = mdns
+            out.adapters += [terminals, third_party]
+        if s.coap:
+            out.adapters.append(
+                CoapAdapter(
+                    hub,
+                    interface_addresses=addresses,
+                    interval_s=s.coap_interval_s,
+                    window_s=s.coap_window_s,
+                    observe_timeout_s=s.coap_observe_timeout_s,
+                )
+            )
+        return out
 
     async def _announce_ready(
         self, mqtt: MqttClient, http_sock: socket.socket | None, http_ready: asyncio.Event, hub: Hub

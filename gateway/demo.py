@@ -47,7 +47,8 @@ class _View:
             self.status = msg.payload.decode(errors="replace")
             return
         if len(parts) >= 4 and parts[2] == "event":
-            self.events = ([f"{time.strftime('%H:%M:%S')} {parts[3]}: {msg.payload.decode(errors='replace')[:120]}"] + self.events)[:5]
+            line = f"{time.strftime('%H:%M:%S')} {parts[3]}: {msg.payload.decode(errors='replace')[:120]}"
+            self.events = [line, *self.events][:5]
             return
         if len(parts) != 5 or parts[2] != "device":
             return
@@ -68,8 +69,14 @@ class _View:
 
     def render(self, header: str) -> Group:
         rows = [d for _, d in sorted(self.devices.items()) if d["info"]]
-        status = Text(f"gateway {DEMO_GATEWAY_ID}: {self.status}", style="green" if self.status == "online" else "red")
-        parts: list[Any] = [Panel(header, title="北方云家庭网关 演示 Beifang Home Gateway demo"), status]
+        status = Text(
+            f"gateway {DEMO_GATEWAY_ID}: {self.status}",
+            style="green" if self.status == "online" else "red",
+        )
+        parts: list[Any] = [
+            Panel(header, title="北方云家庭网关 演示 Beifang Home Gateway demo"),
+            status,
+        ]
         parts.append(devices_table(rows, title=f"设备 Devices ({len(rows)})"))
         if self.events:
             parts.append(Text("最近事件 Recent events:\n" + "\n".join(self.events), style="dim"))
@@ -79,7 +86,11 @@ class _View:
 
 def _self_cmd(tool: str) -> list[str]:
     """Run our own console scripts with this interpreter (works without activating the venv)."""
-    module = {"gateway": "gateway.cli", "firmware-sim": "firmware_sim.cli", "cloud": "cloud_bridge.cli"}[tool]
+    module = {
+        "gateway": "gateway.cli",
+        "firmware-sim": "firmware_sim.cli",
+        "cloud": "cloud_bridge.cli",
+    }[tool]
     return [sys.executable, "-m", module]
 
 
@@ -165,7 +176,9 @@ async def _demo(
     console.print("stopping …")
 
 
-async def _wait(stop: asyncio.Event, step_s: float, deadline: float | None, loop: asyncio.AbstractEventLoop) -> bool:
+async def _wait(
+    stop: asyncio.Event, step_s: float, deadline: float | None, loop: asyncio.AbstractEventLoop
+) -> bool:
     """Wait one refresh step; True when it is time to stop."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), step_s)

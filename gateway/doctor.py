@@ -30,15 +30,23 @@ class Check:
     detail: str
 
 
+def _probe_writable(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd, probe = tempfile.mkstemp(dir=d, prefix=".doctor-")
+    os.close(fd)
+    Path(probe).unlink()
+
+
 async def _check_state_dir(settings: Settings) -> Check:
     d = settings.state_dir
     try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o750)
-        fd, probe = tempfile.mkstemp(dir=d, prefix=".doctor-")
-        os.close(fd)
-        Path(probe).unlink()
+        await asyncio.to_thread(_probe_writable, d)
     except OSError as exc:
-        return Check("state dir", False, f"{d} is not writable ({exc.strerror}); fix its owner or set --state-dir")
+        return Check(
+            "state dir",
+            False,
+            f"{d} is not writable ({exc.strerror}); fix its owner or set --state-dir",
+        )
     try:
         async with Registry(d, synchronous=settings.registry.synchronous) as reg:
             mode, sync = await reg.pragmas()
@@ -80,14 +88,21 @@ async def _check_broker(settings: Settings) -> Check:
 def _check_clock(now: datetime | None = None) -> Check:
     now = now or datetime.now(UTC)
     if now < BUILD_DATE:
-        return Check("clock", False, f"system time {now:%Y-%m-%d %H:%M}Z is before this release; set the time (NTP)")
+        return Check(
+            "clock",
+            False,
+            f"system time {now:%Y-%m-%d %H:%M}Z is before this release; set the time (NTP)",
+        )
     if (now - BUILD_DATE).days > _MAX_FUTURE_DAYS:
         return Check("clock", False, f"system time {now:%Y-%m-%d}Z is implausibly far ahead; check NTP")
     return Check("clock", True, f"{now:%Y-%m-%d %H:%M:%S}Z")
 
 
 async def run_doctor(
-    settings: Settings | None, settings_error: GatewayError | None, *, config_path: Path | None = None
+    settings: Settings | None,
+    settings_error: GatewayError | None,
+    *,
+    config_path: Path | None = None,
 ) -> int:
     console = Console(highlight=False)
     checks: list[Check] = []

@@ -140,7 +140,8 @@ def device_configs(gateway_id: str, info: DeviceInfo, prefix: str) -> dict[str, 
         if "brightness" in settable:
             light["brightness_template"] = "{{ (value_json.brightness | float(0) * 2.55) | round(0) | int }}"
             on_parts.append(
-                '{%- if brightness is defined %}, "brightness": {{ (brightness / 2.55) | round(0) | int }}{% endif %}'
+                '{%- if brightness is defined %}, "brightness": '
+                "{{ (brightness / 2.55) | round(0) | int }}{% endif %}"
             )
         if "color_temp" in settable:
             low, high = info.ranges.get("color_temp", (2000.0, 6500.0))
@@ -148,7 +149,9 @@ def device_configs(gateway_id: str, info: DeviceInfo, prefix: str) -> dict[str, 
             light["min_kelvin"] = int(low)
             light["max_kelvin"] = int(high)
             light["color_temp_template"] = "{{ value_json.color_temp | int(0) }}"
-            on_parts.append('{%- if color_temp is defined %}, "color_temp": {{ color_temp | int }}{% endif %}')
+            on_parts.append(
+                '{%- if color_temp is defined %}, "color_temp": {{ color_temp | int }}{% endif %}'
+            )
         light["command_on_template"] = "{" + on_parts[0] + "".join(on_parts[1:]) + "}"
         add("light", "on", {**light, "name": None})
     elif "on" in caps:
@@ -216,7 +219,11 @@ def device_configs(gateway_id: str, info: DeviceInfo, prefix: str) -> dict[str, 
             add(
                 "binary_sensor",
                 cap,
-                {"state_topic": f"{base}/state", "value_template": template, "device_class": device_class},
+                {
+                    "state_topic": f"{base}/state",
+                    "value_template": template,
+                    "device_class": device_class,
+                },
             )
     if "muted" in settable:
         add(

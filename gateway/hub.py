@@ -98,8 +98,8 @@ class Hub:
         for row in await self._registry.devices():
             dev = Device(row=row, state=dict(row.last_state))
             if row.last_seen is not None:
-                dev.state_ts = row.last_seen.astimezone(UTC).isoformat(timespec="milliseconds").replace(
-                    "+00:00", "Z"
+                dev.state_ts = (
+                    row.last_seen.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
                 )
             self._devices[row.id] = dev
         log.info("registry: %d devices loaded", len(self._devices))
@@ -110,9 +110,7 @@ class Hub:
         return self._devices.get(device_id)
 
     def devices(self, *, approved: bool | None = True) -> list[Device]:
-        return [
-            d for d in self._devices.values() if approved is None or d.row.approved == approved
-        ]
+        return [d for d in self._devices.values() if approved is None or d.row.approved == approved]
 
     # -- DeviceSink (called by adapters) ------------------------------------------------
 
@@ -192,6 +190,12 @@ class Hub:
     def device_gone(self, device_id: str) -> None:
         if device_id in self._devices:
             self._forget(device_id)
+
+    def device_event(self, device_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        if device_id not in self._devices:
+            self.unknown_reports += 1
+            return
+        self.emit_event(kind, {**data, "source": device_id, "ts": iso_now()})
 
     def device_meta(self, device_id: str) -> Mapping[str, Any] | None:
         dev = self._devices.get(device_id)

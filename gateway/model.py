@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,6 +27,7 @@ __all__ = [
     "DeviceId",
     "DeviceInfo",
     "Kind",
+    "clean_state",
     "iso_now",
     "validate_command",
 ]
@@ -140,16 +141,13 @@ def _check_value(spec: CapabilitySpec, value: Any, limits: tuple[float, float] |
     if isinstance(value, int | float) and (int in spec.types or float in spec.types):
         if isinstance(value, float) and not math.isfinite(value):
             raise CommandRejected("out_of_range", f"{spec.name} must be a finite number")
-        if spec.integer:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    raise CommandRejected("wrong_type", f"{spec.name} takes a whole number")
-                value = int(value)
+        if spec.integer and isinstance(value, float):
+            if not value.is_integer():
+                raise CommandRejected("wrong_type", f"{spec.name} takes a whole number")
+            value = int(value)
         low, high = limits or (spec.minimum, spec.maximum)
         if (low is not None and value < low) or (high is not None and value > high):
-            raise CommandRejected(
-                "out_of_range", f"{spec.name}={value} is outside {_fmt(low)}..{_fmt(high)}"
-            )
+            raise CommandRejected("out_of_range", f"{spec.name}={value} is outside {_fmt(low)}..{_fmt(high)}")
         return value
     if isinstance(value, str) and str in spec.types:
         if len(value) > spec.max_length:
@@ -168,7 +166,13 @@ def _fmt(x: float | None) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-_TYPE_WORDS = {bool: "true/false", int: "a number", float: "a number", str: "text", dict: "an object"}
+_TYPE_WORDS = {
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    str: "text",
+    dict: "an object",
+}
 
 
 def _type_words(spec: CapabilitySpec) -> str:
@@ -208,6 +212,24 @@ def validate_command(info: DeviceInfo | None, payload: bytes | str) -> dict[str,
             raise CommandRejected("unsupported_capability", f"{info.id} has no {name}")
         values[name] = _check_value(spec, value, info.ranges.get(name))
     return values
+
+
+def clean_state(values: Mapping[str, Any], allowed: Iterable[str]) -> tuple[dict[str, Any], int]:
+    """Keep the values a device may report: known, allowed capabilities of the right type and
+    range. Returns (clean values, number dropped). For state coming from devices."""
+    allowed_set = set(allowed)
+    out: dict[str, Any] = {}
+    dropped = 0
+    for name, value in values.items():
+        spec = CAPABILITIES.get(name)
+        if spec is None or name not in allowed_set:
+            dropped += 1
+            continue
+        try:
+            out[name] = _check_value(spec, value, None)
+        except CommandRejected:
+            dropped += 1
+    return out, dropped
 
 
 def is_device_id(text: str) -> bool:

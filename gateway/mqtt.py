@@ -123,7 +123,7 @@ class _PahoClient(paho.Client):
     changes it (tests/integration/test_mqtt_client.py)."""
 
     def _create_socket(self) -> Any:
-        sock = super()._create_socket()  # type: ignore[misc]
+        sock: Any = super()._create_socket()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Small publishes must leave now: Nagle plus delayed ACKs adds 40 ms tails.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -272,7 +272,9 @@ class MqttClient:
         except TimeoutError as exc:
             raise BrokerError(f"{self._name}: no PUBACK for {topic!r} within {timeout_s:g} s") from exc
 
-    def publish_future(self, topic: str, payload: bytes | str, *, retain: bool = False) -> asyncio.Future[None]:
+    def publish_future(
+        self, topic: str, payload: bytes | str, *, retain: bool = False
+    ) -> asyncio.Future[None]:
         """Publish at QoS 1; the future completes on PUBACK. For pipelined senders (outbox)."""
         return self._publish_future(topic, payload, retain=retain)
 
@@ -298,7 +300,7 @@ class MqttClient:
                     break
                 cap = min(self._reconnect_max_s, self._reconnect_min_s * 2**attempt)
                 attempt += 1
-                await asyncio.sleep(random.uniform(self._reconnect_min_s, max(cap, self._reconnect_min_s)))  # noqa: S311
+                await asyncio.sleep(random.uniform(self._reconnect_min_s, max(cap, self._reconnect_min_s)))
         finally:
             self._teardown()
             self._closed = True
@@ -334,9 +336,7 @@ class MqttClient:
         self._connack = loop.create_future()
         self._lost = loop.create_future()
         # paho's connect resolves, connects and (for TLS) handshakes with blocking calls.
-        await asyncio.wait_for(
-            loop.run_in_executor(None, self._blocking_connect), self._connect_timeout_s
-        )
+        await asyncio.wait_for(loop.run_in_executor(None, self._blocking_connect), self._connect_timeout_s)
         rc = await asyncio.wait_for(asyncio.shield(self._connack), self._connect_timeout_s)
         if rc != 0:
             raise BrokerError(
@@ -370,7 +370,7 @@ class MqttClient:
         if self._sock is not None:
             # Closing via paho's own path fires on_socket_close, which removes the reader.
             with contextlib.suppress(Exception):
-                self._paho._sock_close()  # noqa: SLF001 - no public way to drop a dead socket
+                self._paho._sock_close()
         self._sock = None
         for mid, fut in list(self._acks.items()):
             # QoS 1 messages stay queued in paho and are resent after reconnect; the caller
@@ -383,7 +383,11 @@ class MqttClient:
         if now - self._last_error_log > 30:
             self._last_error_log = now
             log.warning(
-                "%s: cannot connect to %s:%s: %s (retrying)", self._name, self._host, self._port, exc or type(exc).__name__
+                "%s: cannot connect to %s:%s: %s (retrying)",
+                self._name,
+                self._host,
+                self._port,
+                exc or type(exc).__name__,
             )
         else:
             log.debug("%s: connect failed: %s", self._name, exc)
@@ -476,7 +480,7 @@ class MqttClient:
             if entry is None:
                 return
             self.stats.received += 1
-            message = Message(msg.topic, msg.payload, msg.retain, msg.qos)
+            message = Message(msg.topic, bytes(msg.payload), msg.retain, msg.qos)
             for handler in entry[1]:
                 try:
                     handler(message)
@@ -485,4 +489,3 @@ class MqttClient:
                     log.exception("%s: handler for %s failed on %s", self._name, topic_filter, msg.topic)
 
         return dispatch
-

@@ -70,7 +70,7 @@ class Child:
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
             pass_fds=self._pass_fds,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, no locks
+            preexec_fn=_die_with_parent,
         )
         self._reader = asyncio.create_task(self._read(self._proc), name=f"{self.name}-stderr")
         waiter = asyncio.create_task(self._ready.wait())
@@ -131,6 +131,9 @@ class Child:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()

@@ -83,9 +83,7 @@ _COLUMNS = (
 class Registry:
     """`async with Registry(state_dir) as reg:` opens (creating and upgrading) the database."""
 
-    def __init__(
-        self, state_dir: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
-    ) -> None:
+    def __init__(self, state_dir: Path, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
         self.path = Path(state_dir) / DB_FILENAME
         self._synchronous = synchronous
         self._ctx: TortoiseContext | None = None
@@ -162,7 +160,10 @@ class Registry:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -216,9 +217,7 @@ class Registry:
         ]
         try:
             async with in_transaction("default") as tx:
-                await tx.execute_many(
-                    "UPDATE devices SET last_state = ?, last_seen = ? WHERE id = ?", rows
-                )
+                await tx.execute_many("UPDATE devices SET last_state = ?, last_seen = ? WHERE id = ?", rows)
         except (BaseORMException, OSError) as exc:
             raise RegistryError(f"cannot save device states: {exc}") from exc
 

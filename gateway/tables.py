@@ -50,7 +50,9 @@ def devices_table(devices: Iterable[Mapping[str, Any]], *, title: str = "设备 
     table.add_column("状态 State")
     for dev in devices:
         info = dev["info"]
-        online = Text("在线 online", style="green") if dev.get("online") else Text("离线 offline", style="red")
+        online = (
+            Text("在线 online", style="green") if dev.get("online") else Text("离线 offline", style="red")
+        )
         table.add_row(
             info["id"],
             info["name"],

@@ -32,7 +32,7 @@ __all__ = ["ADMIN_TOKEN_FILE", "WebContext", "create_app", "load_admin_token", "
 
 log = logging.getLogger(__name__)
 
-ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
 
 
 def load_admin_token(state_dir: Path) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.broker import PrivateBroker
+from gateway.netns import in_private_netns
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -43,7 +44,8 @@ def no_leaks() -> Iterator[None]:
             alive.append(pid)
     assert not alive, f"test left child processes running: {alive}"
     threads = [
-        t for t in set(threading.enumerate()) - before_threads
+        t
+        for t in set(threading.enumerate()) - before_threads
         if t.is_alive() and not t.daemon and not t.name.startswith("asyncio_")
     ]
     assert not threads, f"test left threads running: {threads}"
@@ -53,3 +55,13 @@ def no_leaks() -> Iterator[None]:
 async def broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
     async with PrivateBroker(workdir=tmp_path / "broker") as b:
         yield b
+
+
+@pytest.fixture(autouse=True)
+def _netns_guard(request: pytest.FixtureRequest) -> None:
+    """Multicast tests run only inside a private namespace, never on host interfaces."""
+    if request.node.get_closest_marker("netns") and not in_private_netns():
+        pytest.fail(
+            "this test sends multicast and must run in the private namespace: use ./scripts/test, "
+            "or .venv/bin/python -m gateway.netns -- .venv/bin/python -m pytest ..."
+        )

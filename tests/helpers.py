@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,7 +41,9 @@ class Topics:
         except TimeoutError:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}") from None
 
-    async def wait_message(self, match: Callable[[Message], bool], timeout: float = 10.0, what: str = "") -> Message:
+    async def wait_message(
+        self, match: Callable[[Message], bool], timeout: float = 10.0, what: str = ""
+    ) -> Message:
         start = 0
         found: list[Message] = []
 
@@ -61,7 +64,9 @@ class Watcher:
     """`async with Watcher(broker, "home/#") as topics:` — a real MQTT client on the side."""
 
     def __init__(self, broker: PrivateBroker, *filters: str, name: str = "test-watcher") -> None:
-        self.client = MqttClient(host=broker.host, port=broker.port, client_id=name, name=name, reconnect_max_s=0.3)
+        self.client = MqttClient(
+            host=broker.host, port=broker.port, client_id=name, name=name, reconnect_max_s=0.3
+        )
         self.topics = Topics()
         for f in filters:
             self.client.subscribe(f, self.topics)
@@ -103,23 +108,31 @@ def gateway_child(
         ],
         log_path=state_dir.parent / f"gateway-{gateway_id}.log",
         ready=r" ready: ",
-        env=env,
+        env={"GATEWAY_DISCOVERY__MDNS": "false", "GATEWAY_DISCOVERY__COAP": "false", **(env or os.environ)},
     )  # fmt: skip
 
 
+# fmt: off
 TASMOTA_PLUG_CONFIG = {
     "ip": "192.168.10.20", "dn": "Tasmota", "fn": ["客厅插座", None, None, None, None, None, None, None],
     "hn": "tasmota-B3C4D5-1234", "mac": "A4CF12B3C4D5", "md": "Sonoff S31", "ty": 0, "if": 0,
     "ofln": "Offline", "onln": "Online", "state": ["OFF", "ON", "TOGGLE", "HOLD"], "sw": "14.2.0",
     "t": "tasmota_B3C4D5", "ft": "%prefix%/%topic%/", "tp": ["cmnd", "stat", "tele"],
     "rl": [1, 0, 0, 0, 0, 0, 0, 0], "swc": [-1] * 8, "swn": [None] * 8, "btn": [0] * 8,
-    "so": {"4": 0, "11": 0, "13": 0, "17": 0, "20": 0, "30": 0, "68": 0, "73": 0, "82": 0, "114": 0, "117": 0},
+    "so": {"4": 0, "11": 0, "13": 0, "17": 0, "20": 0, "30": 0, "68": 0, "73": 0, "82": 0,
+           "114": 0, "117": 0},
     "lk": 0, "lt_st": 0, "bat": 0, "dslp": 0, "sho": [], "sht": [], "ver": 1,
-}  # fmt: skip
+}
+# fmt: on
 PLUG_ID = "tasmota-a4cf12b3c4d5"
 
 
 def announce_tasmota_plug(broker: PrivateBroker) -> None:
     """What a real plug puts on the broker when it connects (retained)."""
-    mosquitto_pub(broker, "tasmota/discovery/A4CF12B3C4D5/config", json.dumps(TASMOTA_PLUG_CONFIG), retain=True)
+    mosquitto_pub(
+        broker,
+        "tasmota/discovery/A4CF12B3C4D5/config",
+        json.dumps(TASMOTA_PLUG_CONFIG),
+        retain=True,
+    )
     mosquitto_pub(broker, "tele/tasmota_B3C4D5/LWT", "Online", retain=True)

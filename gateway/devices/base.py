@@ -38,6 +38,10 @@ class DeviceSink(Protocol):
 
     def device_gone(self, device_id: str) -> None: ...
 
+    def device_event(self, device_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        """Something happened at a device (a button, a transcript it heard, ...)."""
+        ...
+
     def device_meta(self, device_id: str) -> Mapping[str, Any] | None:
         """Adapter data stored with a known device (None if unknown)."""
         ...

@@ -13,6 +13,7 @@ Each relay or light channel is one device: the first is `tasmota-<mac>`, the oth
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -91,7 +92,11 @@ class TasmotaSensors(BaseModel):
 
 
 _ENERGY_FIELDS = {"Power": "power", "Total": "energy", "Voltage": "voltage", "Current": "current"}
-_CLIMATE_FIELDS = {"Temperature": "temperature", "Humidity": "humidity", "Illuminance": "illuminance"}
+_CLIMATE_FIELDS = {
+    "Temperature": "temperature",
+    "Humidity": "humidity",
+    "Illuminance": "illuminance",
+}
 
 
 def _number(value: Any, index: int) -> float | None:
@@ -155,7 +160,9 @@ class _Node:
 class TasmotaAdapter:
     protocol: ClassVar[str] = PROTOCOL
 
-    def __init__(self, mqtt: MqttClient, sink: DeviceSink, *, discovery_prefix: str = "tasmota/discovery") -> None:
+    def __init__(
+        self, mqtt: MqttClient, sink: DeviceSink, *, discovery_prefix: str = "tasmota/discovery"
+    ) -> None:
         self._mqtt = mqtt
         self._sink = sink
         self._prefix = discovery_prefix.rstrip("/")
@@ -224,8 +231,8 @@ class TasmotaAdapter:
             self._by_device[ch.device_id] = (node, ch)
         stat, tele = config.topic(1), config.topic(2)
         node.unsubscribe = [
-            self._mqtt.subscribe(f"{stat}+", lambda m, n=node: self._on_stat(n, m)),
-            self._mqtt.subscribe(f"{tele}+", lambda m, n=node: self._on_tele(n, m)),
+            self._mqtt.subscribe(f"{stat}+", functools.partial(self._on_stat, node)),
+            self._mqtt.subscribe(f"{tele}+", functools.partial(self._on_tele, node)),
         ]
         self._announce(node)
         # Ask for the current power state and sensors instead of waiting a TelePeriod.
@@ -297,7 +304,7 @@ class TasmotaAdapter:
                 kind = Kind.LIGHT
             elif not ch.relay_index:
                 kind = Kind.SENSOR
-            elif n == 0 and "power" in sensor_caps or "plug" in cfg.md.lower():
+            elif (n == 0 and "power" in sensor_caps) or "plug" in cfg.md.lower():
                 kind = Kind.PLUG
             else:
                 kind = Kind.SWITCH

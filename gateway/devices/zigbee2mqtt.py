@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -80,7 +80,8 @@ class Z2mDevice(BaseModel):
     description: str | None = None
 
 
-_DEVICES = TypeAdapter(list[Z2mDevice | dict[str, Any]])
+# A malformed entry must not lose the whole list: entries that are not devices stay dicts.
+_DEVICES = TypeAdapter(list[Annotated[Z2mDevice | dict[str, Any], Field(union_mode="left_to_right")]])
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,9 @@ def map_exposes(exposes: tuple[Expose, ...]) -> tuple[Kind, list[_Binding]]:
         settable = bool(e.access & ACCESS_SET)
         if e.type == "binary":
             if e.property == "state":
-                bindings.setdefault("on", _Binding("state", "on", settable, "binary", e.value_on, e.value_off))
+                bindings.setdefault(
+                    "on", _Binding("state", "on", settable, "binary", e.value_on, e.value_off)
+                )
             elif e.property in _BINARY:
                 cap = _BINARY[e.property]
                 bindings.setdefault(cap, _Binding(e.property, cap, False, "binary", e.value_on, e.value_off))
@@ -133,7 +136,13 @@ def map_exposes(exposes: tuple[Expose, ...]) -> tuple[Kind, list[_Binding]]:
             if e.property == "brightness":
                 bindings.setdefault(
                     "brightness",
-                    _Binding("brightness", "brightness", settable, "brightness", high=e.value_max or 254.0),
+                    _Binding(
+                        "brightness",
+                        "brightness",
+                        settable,
+                        "brightness",
+                        high=e.value_max or 254.0,
+                    ),
                 )
             elif e.property == "color_temp" and (e.unit in (None, "mired")):
                 bindings.setdefault(
@@ -373,7 +382,11 @@ class Zigbee2MqttAdapter:
             ranges=ranges,
         )
         self._sink.device_found(
-            Found(info=info, native_id=entry.ieee_address.lower(), meta={"friendly_name": entry.friendly_name})
+            Found(
+                info=info,
+                native_id=entry.ieee_address.lower(),
+                meta={"friendly_name": entry.friendly_name},
+            )
         )
         self._set_available(tracked)
         return tracked

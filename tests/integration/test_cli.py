@@ -34,16 +34,29 @@ async def test_devices_list_approve_forget(broker: PrivateBroker, tmp_path: Path
         await child.start()
         try:
             async with asyncio.timeout(10):
-                while PLUG_ID not in (await asyncio.to_thread(gateway_cli, "devices", "--pending", *common)).stdout:
+                while (
+                    PLUG_ID
+                    not in (await asyncio.to_thread(gateway_cli, "devices", "--pending", *common)).stdout
+                ):
                     await asyncio.sleep(0.1)
             listed = await asyncio.to_thread(gateway_cli, "devices", *common, "--json")
             assert json.loads(listed.stdout) == []
             out = await asyncio.to_thread(
-                gateway_cli, "devices", *common, "approve", PLUG_ID, "--name", "电视柜插座", "--room", "客厅"
+                gateway_cli,
+                "devices",
+                *common,
+                "approve",
+                PLUG_ID,
+                "--name",
+                "电视柜插座",
+                "--room",
+                "客厅",
             )
             assert out.returncode == 0, out.stderr
             info_topic = f"home/t1/device/{PLUG_ID}/info"
-            await topics.wait(lambda: info_topic in topics.retained and topics.json(info_topic)["room"] == "客厅")
+            await topics.wait(
+                lambda: info_topic in topics.retained and topics.json(info_topic)["room"] == "客厅"
+            )
             assert topics.json(info_topic)["name"] == "电视柜插座"
             table = await asyncio.to_thread(gateway_cli, "devices", *common)
             assert "电视柜插座" in table.stdout and "客厅" in table.stdout
@@ -64,14 +77,28 @@ def test_devices_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> No
 
 async def test_doctor_passes_and_fails_with_one_line_per_check(broker: PrivateBroker, tmp_path: Path) -> None:
     good = await asyncio.to_thread(
-        gateway_cli, "doctor", "--mqtt", broker.url, "--state-dir", str(tmp_path / "s"), "--id", "t1"
+        gateway_cli,
+        "doctor",
+        "--mqtt",
+        broker.url,
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--id",
+        "t1",
     )
     assert good.returncode == 0, good.stdout + good.stderr
     for name in ("config", "registry", "broker", "clock"):
         assert re.search(rf"✔ OK\s+{name}", good.stdout), good.stdout
     await broker.stop()
     bad = await asyncio.to_thread(
-        gateway_cli, "doctor", "--mqtt", broker.url, "--state-dir", str(tmp_path / "s"), "--id", "t1"
+        gateway_cli,
+        "doctor",
+        "--mqtt",
+        broker.url,
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--id",
+        "t1",
     )
     assert bad.returncode == 1
     assert re.search(r"✘ FAIL\s+broker .*mosquitto", bad.stdout), bad.stdout

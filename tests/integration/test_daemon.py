@@ -101,7 +101,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit = unit.replace("/usr/bin/gateway", str(venv_gateway))
     path = tmp_path / "gateway.service"
     path.write_text(unit)
-    out = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [analyze, "verify", "--man=no", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "gateway.service" not in out.stderr, out.stderr  # no warnings about our unit
     for required in (
@@ -111,7 +113,10 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     ):  # fmt: skip
         assert required in unit, required
     security = subprocess.run(
-        [analyze, "security", "--offline=true", str(path)], capture_output=True, text=True, timeout=60
+        [analyze, "security", "--offline=true", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if security.returncode == 0 and "Overall exposure level" in security.stdout:
         level = float(security.stdout.split("Overall exposure level for gateway.service:")[1].split()[0])

@@ -84,7 +84,9 @@ async def test_bulk_messages_are_all_delivered_in_order(broker: PrivateBroker) -
         task.cancel()
 
 
-async def test_reconnects_and_restores_subscriptions_after_broker_restart(broker: PrivateBroker) -> None:
+async def test_reconnects_and_restores_subscriptions_after_broker_restart(
+    broker: PrivateBroker,
+) -> None:
     c = client(broker, "t-reconnect", reconnect_max_s=0.5)
     inbox = Inbox()
     connects = []
@@ -102,7 +104,9 @@ async def test_reconnects_and_restores_subscriptions_after_broker_restart(broker
         await broker.start()
         await c.wait_connected(5)
         assert len(connects) == 2
-        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "after/restart", "-m", "hi"], check=True)
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(broker.port), "-t", "after/restart", "-m", "hi"], check=True
+        )
         await inbox.wait_for(lambda m: m.payload == b"hi")
         await c.close()
         task.cancel()

@@ -16,9 +16,11 @@ import pytest
 from gateway.homeassistant import bridge_config, device_configs
 from gateway.model import DeviceInfo, Kind, validate_command
 
-ENV = jinja2.Environment(autoescape=False)  # noqa: S701 - renders JSON, not HTML
+ENV = jinja2.Environment(autoescape=False)
 GW = "gw-1"
-TOPIC = re.compile(r"^homeassistant/(light|switch|sensor|binary_sensor|number|notify)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+TOPIC = re.compile(
+    r"^homeassistant/(light|switch|sensor|binary_sensor|number|notify)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$"
+)
 
 BULB = DeviceInfo(
     id="zigbee-000b57fffec6a5b2", name="落地灯", kind=Kind.LIGHT, room="客厅", protocol="zigbee2mqtt",
@@ -54,7 +56,8 @@ def test_every_entity_has_what_home_assistant_requires(info: DeviceInfo) -> None
         assert cfg["device"]["identifiers"] and cfg["device"]["via_device"] == f"bfy_{GW}"
         assert cfg["availability_mode"] == "all"
         assert [a["topic"] for a in cfg["availability"]] == [
-            f"home/{GW}/status", f"home/{GW}/device/{info.id}/availability"
+            f"home/{GW}/status",
+            f"home/{GW}/device/{info.id}/availability",
         ]
         assert cfg["default_entity_id"].startswith(component + ".")
         if component in ("light", "switch", "number", "notify"):
@@ -97,7 +100,9 @@ def test_sensors_have_units_and_classes() -> None:
 
 
 def test_contact_sensor_is_on_when_open() -> None:
-    cfg = device_configs(GW, DOOR, "homeassistant")[f"homeassistant/binary_sensor/{GW}_{DOOR.id}/contact/config"]
+    cfg = device_configs(GW, DOOR, "homeassistant")[
+        f"homeassistant/binary_sensor/{GW}_{DOOR.id}/contact/config"
+    ]
     assert cfg["device_class"] == "door"
     assert render(cfg["value_template"], value_json={"contact": True}) == "OFF"  # closed
     assert render(cfg["value_template"], value_json={"contact": False}) == "ON"  # open

@@ -1,0 +1,39 @@
+"""Simulated device firmware: real network programs that behave like devices' own firmware.
+
+None of them knows the gateway exists (DESIGN.md, Contract 2). MQTT devices: `TasmotaPlug`
+(a Tasmota plug with energy monitoring) and `Zigbee2MqttBridge` (a Zigbee2MQTT bridge with
+simulated Zigbee devices); `run_household()` runs a whole home; `firmware-sim` is the CLI.
+"""
+
+from firmware_sim._mqtt import (
+    DEFAULT_BROKER_URL,
+    BrokerUrlError,
+    FirmwareSimError,
+    LinkDown,
+    parse_mqtt_url,
+)
+from firmware_sim.household import (
+    LIVING_ROOM_PLUG_MAC,
+    Simulator,
+    household_simulators,
+    run_household,
+)
+from firmware_sim.tasmota import TasmotaPlug
+from firmware_sim.zigbee2mqtt import DeviceKind, Zigbee2MqttBridge, ZigbeeDevice, default_devices
+
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "LIVING_ROOM_PLUG_MAC",
+    "BrokerUrlError",
+    "DeviceKind",
+    "FirmwareSimError",
+    "LinkDown",
+    "Simulator",
+    "TasmotaPlug",
+    "Zigbee2MqttBridge",
+    "ZigbeeDevice",
+    "default_devices",
+    "household_simulators",
+    "parse_mqtt_url",
+    "run_household",
+]
