@@ -118,16 +118,32 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+class _UnbufferedSocket(_BufferedSocket):
+    """The plain way (each paho `recv` is a system call), kept to measure the difference."""
+
+    __slots__ = ()
+
+    def recv(self, bufsize: int) -> bytes:
+        data: bytes = self._sock.recv(bufsize)
+        return data
+
+    @property
+    def buffered(self) -> bool:
+        return False
+
+
 class _PahoClient(paho.Client):
     """paho with the buffered socket. Overrides one private method; a test fails if paho
     changes it (tests/integration/test_mqtt_client.py)."""
+
+    read_buffer = True
 
     def _create_socket(self) -> Any:
         sock: Any = super()._create_socket()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Small publishes must leave now: Nagle plus delayed ACKs adds 40 ms tails.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _BufferedSocket(sock)
+        return _BufferedSocket(sock) if self.read_buffer else _UnbufferedSocket(sock)
 
 
 class MqttClient:
@@ -154,6 +170,7 @@ class MqttClient:
         will: Will | None = None,
         clean_session: bool = True,
         max_inflight: int = _MAX_INFLIGHT,
+        read_buffer: bool = True,
         name: str = "mqtt",
     ) -> None:
         self._host = host
@@ -182,6 +199,7 @@ class MqttClient:
             clean_session=clean_session,
             protocol=paho.MQTTv311,
         )
+        client.read_buffer = read_buffer
         client.suppress_exceptions = True
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
