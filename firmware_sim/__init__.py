@@ -2,7 +2,10 @@
 
 None of them knows the gateway exists (DESIGN.md, Contract 2). MQTT devices: `TasmotaPlug`
 (a Tasmota plug with energy monitoring) and `Zigbee2MqttBridge` (a Zigbee2MQTT bridge with
-simulated Zigbee devices); `run_household()` runs a whole home; `firmware-sim` is the CLI.
+simulated Zigbee devices). LAN devices: `TvSimulator` and `SpeakerSimulator` (the operator's
+terminal profile over HTTP, found by mDNS) and `CoapDevice` (IPSO objects over CoAP), with
+misbehaving twins for hostile-LAN tests. `run_household()` runs a whole home; `firmware-sim`
+is the CLI.
 """
 
 from firmware_sim._mqtt import (
@@ -12,28 +15,39 @@ from firmware_sim._mqtt import (
     LinkDown,
     parse_mqtt_url,
 )
+from firmware_sim.coap import CoapDevice, HostileCoapDevice
 from firmware_sim.household import (
     LIVING_ROOM_PLUG_MAC,
     Simulator,
     household_simulators,
+    lan_simulators,
+    on_private_lan,
     run_household,
 )
 from firmware_sim.tasmota import TasmotaPlug
+from firmware_sim.terminal import HostileTerminal, SpeakerSimulator, TvSimulator
 from firmware_sim.zigbee2mqtt import DeviceKind, Zigbee2MqttBridge, ZigbeeDevice, default_devices
 
 __all__ = [
     "DEFAULT_BROKER_URL",
     "LIVING_ROOM_PLUG_MAC",
     "BrokerUrlError",
+    "CoapDevice",
     "DeviceKind",
     "FirmwareSimError",
+    "HostileCoapDevice",
+    "HostileTerminal",
     "LinkDown",
     "Simulator",
+    "SpeakerSimulator",
     "TasmotaPlug",
+    "TvSimulator",
     "Zigbee2MqttBridge",
     "ZigbeeDevice",
     "default_devices",
     "household_simulators",
+    "lan_simulators",
+    "on_private_lan",
     "parse_mqtt_url",
     "run_household",
 ]

@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
     home = sub.add_parser("household", parents=[common], help="every simulated device of a home")
     home.add_argument(
+        "--no-lan", dest="lan", action="store_const", const=False, default=None,
+        help="MQTT devices only (the LAN devices need a private network namespace)",
+    )  # fmt: skip
+    home.add_argument(
         "--tele-period", type=_positive_seconds, default=DEFAULT_TELE_PERIOD_S, metavar="S",
         help=f"reporting period of every device (default {DEFAULT_TELE_PERIOD_S:g})",
     )  # fmt: skip
@@ -108,8 +112,8 @@ def _work(args: argparse.Namespace) -> Work:
             base_topic=args.base_topic, report_interval_s=args.report_interval, seed=args.seed
         )
         return lambda: bridge.run(url)
-    seed, tele_period_s = args.seed, args.tele_period
-    return lambda: run_household(mqtt_url=url, seed=seed, tele_period_s=tele_period_s)
+    seed, tele_period_s, lan = args.seed, args.tele_period, args.lan
+    return lambda: run_household(mqtt_url=url, seed=seed, tele_period_s=tele_period_s, lan=lan)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

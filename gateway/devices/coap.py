@@ -88,10 +88,10 @@ IPSO: Mapping[int, ObjectMap] = {
     3304: ObjectMap({5700: ("humidity", False)}),  # Humidity
     3302: ObjectMap({5500: ("motion", False)}),  # Presence
     3301: ObjectMap({5700: ("illuminance", False)}),  # Illuminance
-    3305: ObjectMap(
-        {5800: ("power", False), 5700: ("power", False), 5805: ("energy", False)}
-    ),  # Power Measurement
-    3311: ObjectMap({5850: ("on", True), 5851: ("brightness", True)}),  # Light Control
+    3305: ObjectMap({5800: ("power", False), 5805: ("energy", False)}),  # Power Measurement
+    3311: ObjectMap(
+        {5850: ("on", True), 5851: ("brightness", True), 5805: ("energy", False)}
+    ),  # Light Control
     3312: ObjectMap({5850: ("on", True)}),  # Power Control
 }
 DIGITAL_INPUT = 3200
@@ -207,13 +207,11 @@ class CoapAdapter:
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
         transport, proto = await loop.create_datagram_endpoint(_Collector, sock=sock)
         token = random.randbytes(4)
-        request = aiocoap.Message(
-            mtype=aiocoap.NON,
-            code=aiocoap.GET,
-            mid=random.randrange(0x10000),
-            token=token,
-            uri_path=(".well-known", "core"),
-        )
+        request = aiocoap.Message(code=aiocoap.GET, uri_path=(".well-known", "core"))
+        # (aiocoap deprecates passing these to the constructor)
+        request.mtype = aiocoap.NON
+        request.mid = random.randrange(0x10000)
+        request.token = token
         addresses: list[str] = []
         try:
             transport.sendto(request.encode(), (ALL_COAP_NODES_V4, COAP_PORT))
@@ -268,7 +266,7 @@ class CoapAdapter:
             return
         finally:
             self._probing.discard(address)
-        fields = {r.name.rsplit("/", 1)[-1]: r.value for r in device_info}
+        fields = {r.name.removeprefix("/3/0/"): r.value for r in device_info}
         serial = fields.get("2")
         if not isinstance(serial, str) or not serial.strip():
             self._bad(address, "device object /3/0 has no serial number (resource 2)")
@@ -316,7 +314,8 @@ class CoapAdapter:
             if any(o == 3312 for o, _ in instances)
             else Kind.SENSOR
         )
-        name = str(device_fields.get("name") or device_fields.get("17") or dev.serial)
+        # The simulated (and the operator's) devices carry their name in /3/0/5750.
+        name = str(device_fields.get("5750") or device_fields.get("17") or dev.serial)
         self._sink.device_found(
             Found(
                 info=DeviceInfo(
@@ -354,7 +353,8 @@ class CoapAdapter:
     def _values(
         self, obj: int, inst: int, records: list[Record], digital: Mapping[tuple[int, int], str]
     ) -> dict[str, Any]:
-        by_res = {r.name.rsplit("/", 1)[-1]: r.value for r in records}
+        prefix = f"/{obj}/{inst}/"
+        by_res = {r.name.removeprefix(prefix): r.value for r in records if r.name.startswith(prefix)}
         values: dict[str, Any] = {}
         for cap, _settable, res in self._mapping(obj, inst, digital):
             if str(res) in by_res:
@@ -363,6 +363,8 @@ class CoapAdapter:
                     v = bool(v)
                 if cap == "brightness" and isinstance(v, float):
                     v = round(v)
+                if cap == "energy" and isinstance(v, float):
+                    v = v / 1000  # IPSO 5805 Cumulative active power is in Wh; ours is kWh
                 values[cap] = v
         clean, dropped = clean_state(values, values.keys())
         self.bad_messages += dropped
@@ -394,8 +396,6 @@ class CoapAdapter:
                     self._notify(dev, obj, inst, note, digital, bucket)
             except (TimeoutError, coap_error.Error, StopAsyncIteration) as exc:
                 failures += 1
-                if request.observation is not None:
-                    request.observation.cancel()
                 if failures >= 2 or isinstance(exc, coap_error.Error):
                     self._sink.device_availability(dev.device_id, False)
                 log.debug(
@@ -404,7 +404,12 @@ class CoapAdapter:
                     path,
                     type(exc).__name__,
                 )
-                await asyncio.sleep(min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0))
+            finally:
+                # Also on cancellation: tell aiocoap we lost interest (it then resets the device's
+                # further notifications instead of keeping the observation alive).
+                if request.observation is not None and not request.observation.cancelled:
+                    request.observation.cancel()
+            await asyncio.sleep(min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0))
 
     def _notify(
         self,

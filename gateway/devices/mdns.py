@@ -5,7 +5,10 @@ and well-known third-party devices.
 interfaces only. It browses the service types its consumers ask for, resolves each instance,
 decodes its TXT record at the edge (invalid entries are dropped and counted) and hands a
 `ServiceSeen` to the consumer of that type; goodbyes and expired records become `removed`.
-It also announces the gateway as `_bfy-gateway._tcp`.
+python-zeroconf raises short PTR TTLs to 1125 s and never reports a device that vanished
+without a goodbye, so the discovery tracks each instance's SRV record itself: at 80% of its
+TTL it asks again (RFC 6762 §5.2), and an instance that does not answer by the time its
+record expires is removed. It also announces the gateway as `_bfy-gateway._tcp`.
 
 `MdnsDeviceAdapter` turns third-party services (Cast, AirPlay, HomeKit, ...) into devices with
 `controllable: false`, following the rules in mdns_rules.toml.
@@ -14,9 +17,11 @@ It also announces the gateway as `_bfy-gateway._tcp`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import ipaddress
 import logging
+import math
 import re
 import socket
 import time
@@ -27,8 +32,13 @@ from importlib import resources
 from typing import Any, ClassVar, Protocol
 
 import ifaddr
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import IPVersion, ServiceStateChange, Zeroconf, current_time_millis
+
+# zeroconf's own DNS codec (exported at runtime, not in its typed names)
+from zeroconf._dns import DNSQuestion, DNSRecord
+from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_SRV
 
 from gateway.devices.base import DeviceSink, Found
 from gateway.errors import DeviceError, GatewayError
@@ -51,6 +61,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_SERVICE = "_bfy-gateway._tcp.local."
 _RESOLVE_TIMEOUT_MS = 3000
+_REQUERY_AT = 0.8  # of the record's TTL
 _WARN_INTERVAL_S = 60.0
 _TXT_KEY = re.compile(r"^[\x20-\x3c\x3e-\x7e]{1,64}$")  # printable ASCII except "=" (RFC 6763 §6.4)
 
@@ -152,6 +163,13 @@ def _full_type(short: str) -> str:
     return short if short.endswith(".local.") else f"{short}.local."
 
 
+@dataclass(slots=True)
+class _Tracked:
+    service_type: str
+    consumer: ServiceConsumer
+    queried_record: float = 0.0  # `created` of the SRV record we last re-asked about
+
+
 class MdnsDiscovery:
     """The gateway's zeroconf instance: browse for consumers, announce the gateway."""
 
@@ -171,6 +189,8 @@ class MdnsDiscovery:
         self._zc: AsyncZeroconf | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._warned: dict[str, float] = {}
+        self._tracked: dict[str, _Tracked] = {}  # by full service name
+        self._tracking_changed = asyncio.Event()
         self.stats = MdnsStats()
 
     def add_consumer(self, service_type: str, consumer: ServiceConsumer) -> None:
@@ -191,7 +211,7 @@ class MdnsDiscovery:
                     azc.zeroconf, sorted(self._consumers), handlers=[self._on_change]
                 )
             log.info("mDNS on %s: browsing %d service types", ", ".join(addresses), len(self._consumers))
-            await asyncio.Future()
+            await self._maintain()
         finally:
             if browser is not None:
                 await browser.async_cancel()
@@ -222,12 +242,9 @@ class MdnsDiscovery:
         if consumer is None:
             return
         if state_change is ServiceStateChange.Removed:
-            self.stats.removed += 1
-            consumer.service_removed(_short_type(service_type), name)
+            self._remove(name)
             return
-        task = asyncio.create_task(self._resolve(consumer, service_type, name), name=f"mdns-resolve-{name}")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._spawn(self._resolve(consumer, service_type, name), f"mdns-resolve-{name}")
 
     async def _resolve(self, consumer: ServiceConsumer, service_type: str, name: str) -> None:
         if self._zc is None:
@@ -253,10 +270,64 @@ class MdnsDiscovery:
             ttl_s=info.other_ttl,
         )
         self.stats.resolved += 1
+        self._track(service_type, name, consumer)
         try:
             consumer.service_seen(seen)
         except Exception:  # a consumer's bug must not stop discovery
             log.exception("mDNS consumer failed on %s", name)
+
+    def _srv(self, name: str) -> DNSRecord | None:
+        assert self._zc is not None
+        records = self._zc.zeroconf.cache.async_all_by_details(name, _TYPE_SRV, _CLASS_IN)
+        live = [r for r in records if r.ttl > 0 and not r.is_expired(current_time_millis())]
+        return max(live, key=lambda r: r.get_expiration_time(100)) if live else None
+
+    def _track(self, service_type: str, name: str, consumer: ServiceConsumer) -> None:
+        self._tracked[name] = _Tracked(service_type, consumer)
+        self._tracking_changed.set()
+
+    def _remove(self, name: str) -> None:
+        entry = self._tracked.pop(name, None)
+        if entry is None:
+            matches = [(t, c) for t, c in self._consumers.items() if name.endswith("." + t)]
+            if not matches:
+                return
+            entry = _Tracked(*matches[0])
+        self.stats.removed += 1
+        entry.consumer.service_removed(_short_type(entry.service_type), name)
+
+    async def _maintain(self) -> None:
+        """Re-ask for each instance in the last fifth of its SRV record's lifetime (RFC 6762
+        §5.2); an instance whose record expires unanswered has left without a goodbye."""
+        assert self._zc is not None
+        while True:
+            now = current_time_millis()
+            next_due = math.inf
+            for name, entry in list(self._tracked.items()):
+                record = self._srv(name)
+                if record is None:
+                    log.info("mDNS: %s vanished (its records expired without a goodbye)", name)
+                    self._remove(name)
+                    continue
+                requery_at = record.get_expiration_time(int(_REQUERY_AT * 100))
+                if now >= requery_at and entry.queried_record != record.created:
+                    entry.queried_record = record.created
+                    out = DNSOutgoing(_FLAGS_QR_QUERY)
+                    out.add_question(DNSQuestion(name, _TYPE_SRV, _CLASS_IN))
+                    self._zc.zeroconf.async_send(out)
+                next_due = min(
+                    next_due,
+                    requery_at if entry.queried_record != record.created else record.get_expiration_time(100),
+                )
+            self._tracking_changed.clear()
+            timeout = None if next_due == math.inf else max(0.05, (next_due - current_time_millis()) / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tracking_changed.wait(), timeout)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _warn(self, source: str, reason: str) -> None:
         now = time.monotonic()

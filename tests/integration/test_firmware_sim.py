@@ -562,7 +562,7 @@ async def test_household_runs_the_plug_and_the_bridge(broker: PrivateBroker) -> 
     household_log.addHandler(handler)
     household_log.setLevel(logging.INFO)
     task = asyncio.create_task(
-        run_household(mqtt_url=broker.url, seed=1, tele_period_s=FAST_S), name="household"
+        run_household(mqtt_url=broker.url, seed=1, tele_period_s=FAST_S, lan=False), name="household"
     )
     try:
         async with observing(broker, "tasmota/discovery/#", "zigbee2mqtt/bridge/devices") as seen:

@@ -67,7 +67,9 @@ async def home(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Home]:
     gateway = Gateway(settings(tmp_path, broker))
     watcher = Watcher(broker, f"home/{GW}/#", "homeassistant/#", "stat/#", "zigbee2mqtt/#")
     async with watcher as topics, asyncio.TaskGroup() as tg:
-        sims = tg.create_task(run_household(mqtt_url=broker.url, seed=7, tele_period_s=0.5), name="household")
+        sims = tg.create_task(
+            run_household(mqtt_url=broker.url, seed=7, tele_period_s=0.5, lan=False), name="household"
+        )
         gw = tg.create_task(gateway.run(), name="gateway")
         await asyncio.wait_for(gateway.ready.wait(), 10)
         h = Home(broker, gateway, topics)
@@ -164,7 +166,7 @@ async def test_a_retained_command_never_runs_again(broker: PrivateBroker, tmp_pa
         Watcher(broker, f"home/{GW}/#", f"stat/{PLUG_TOPIC}/#") as topics,
         asyncio.TaskGroup() as tg,
     ):
-        sims = tg.create_task(run_household(mqtt_url=broker.url, seed=7, tele_period_s=0.5))
+        sims = tg.create_task(run_household(mqtt_url=broker.url, seed=7, tele_period_s=0.5, lan=False))
         for round_ in range(2):
             gateway = Gateway(settings(tmp_path, broker))
             run = tg.create_task(gateway.run())
