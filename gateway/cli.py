@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the table once a second instead of a live view",
     )
+    p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)  # inside the demo's namespace
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -112,7 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _setup_logging("WARNING")
             return asyncio.run(
-                run_demo(http_port=args.http_port, duration_s=args.duration, live=not args.no_live)
+                run_demo(
+                    http_port=args.http_port,
+                    duration_s=args.duration,
+                    live=not args.no_live,
+                    http_fd=args.http_fd,
+                )
             )
         if args.command == "config":
             return _cmd_config(args)

@@ -1,8 +1,12 @@
-"""`gateway demo`: a private broker, a simulated household and the gateway, with a live table.
+"""`gateway demo`: the whole system on one machine, with a live table.
 
-Everything runs as child processes of the demo (they die with it) with their logs in a
-temporary directory; Ctrl-C stops them all and removes nothing but what the demo made.
-The table is built from the gateway's public MQTT topics, as any LAN client would see them.
+The outer process opens the HTTP listening socket on the host (so a browser on this machine
+reaches the TV menu), then re-runs itself inside a private user + network namespace
+(gateway/netns.py) with that socket passed in. Inside: a private Mosquitto, the simulated
+household (MQTT devices, and TVs, speakers and CoAP devices on their own 127.0.0.x addresses
+announcing themselves by multicast) and the gateway. Every child dies with the demo; Ctrl-C
+stops everything. The table is built from the gateway's public MQTT topics, as any LAN
+client would see them.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -23,14 +29,17 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gateway.broker import PrivateBroker, free_port
+from gateway.broker import PrivateBroker
 from gateway.mqtt import Message, MqttClient
-from gateway.procs import Child
+from gateway.netns import enter_command, in_private_netns
+from gateway.procs import Child, die_with_parent
 from gateway.tables import devices_table
+from gateway.web import bind
 
 __all__ = ["DEMO_GATEWAY_ID", "run_demo"]
 
 DEMO_GATEWAY_ID = "demo"
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _View:
@@ -73,10 +82,7 @@ class _View:
             f"gateway {DEMO_GATEWAY_ID}: {self.status}",
             style="green" if self.status == "online" else "red",
         )
-        parts: list[Any] = [
-            Panel(header, title="北方云家庭网关 演示 Beifang Home Gateway demo"),
-            status,
-        ]
+        parts: list[Any] = [Panel(header, title="北方云家庭网关 演示 Beifang Home Gateway demo"), status]
         parts.append(devices_table(rows, title=f"设备 Devices ({len(rows)})"))
         if self.events:
             parts.append(Text("最近事件 Recent events:\n" + "\n".join(self.events), style="dim"))
@@ -85,45 +91,96 @@ class _View:
 
 
 def _self_cmd(tool: str) -> list[str]:
-    """Run our own console scripts with this interpreter (works without activating the venv)."""
-    module = {
-        "gateway": "gateway.cli",
-        "firmware-sim": "firmware_sim.cli",
-        "cloud": "cloud_bridge.cli",
-    }[tool]
+    """Our own console scripts with this interpreter (works without activating the venv)."""
+    module = {"gateway": "gateway.cli", "firmware-sim": "firmware_sim.cli", "cloud": "cloud_bridge.cli"}[tool]
     return [sys.executable, "-m", module]
 
 
-async def run_demo(*, http_port: int = 8080, duration_s: float | None = None, live: bool = True) -> int:
+async def run_demo(
+    *,
+    http_port: int = 8080,
+    duration_s: float | None = None,
+    live: bool = True,
+    http_fd: int | None = None,
+) -> int:
+    """Outside a private namespace: open the HTTP socket and re-run inside one."""
+    if http_fd is not None or in_private_netns():
+        sock = socket.socket(fileno=http_fd) if http_fd is not None else bind("127.0.0.1", http_port)
+        return await _inside(sock, duration_s=duration_s, live=live)
+    console = Console()
+    try:
+        sock = bind("127.0.0.1", http_port)
+    except OSError as exc:
+        console.print(f"[red]cannot listen on 127.0.0.1:{http_port}: {exc.strerror}; try --http-port 0[/red]")
+        return 2
+    argv = [*_self_cmd("gateway"), "demo", "--http-fd", str(sock.fileno())]
+    if duration_s is not None:
+        argv += ["--duration", str(duration_s)]
+    if not live:
+        argv.append("--no-live")
+    loop = asyncio.get_running_loop()
+    proc = await asyncio.create_subprocess_exec(
+        *enter_command(argv),
+        pass_fds=[sock.fileno()],
+        preexec_fn=die_with_parent,
+    )
+    sock.close()
+    # Ctrl-C reaches the whole process group; the inner demo does the stopping.
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, lambda: None)
+    try:
+        return await proc.wait()
+    finally:
+        for sig in _SIGNALS:
+            with contextlib.suppress(RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def _inside(sock: socket.socket, *, duration_s: float | None, live: bool) -> int:
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    port = http_port or free_port()
     children: list[Child] = []
     try:
         async with PrivateBroker(workdir=workdir / "broker") as broker:
             console.print(f"[dim]broker {broker.url}, logs in {workdir}[/dim]")
             try:
-                await _demo(broker, workdir, port, children, console, stop, duration_s, live=live)
+                await _demo(broker, sock, workdir, children, console, stop, duration_s, live=live)
             finally:
                 for child in reversed(children):
                     await child.stop()
     finally:
+        sock.close()
         shutil.rmtree(workdir, ignore_errors=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _SIGNALS:
             with contextlib.suppress(RuntimeError):
                 loop.remove_signal_handler(sig)
     console.print("demo stopped; nothing left running.")
     return 0
 
 
+def _header(port: int, broker: PrivateBroker, workdir: Path) -> str:
+    enter = f"nsenter --target {os.getpid()} --user --net --preserve-credentials"
+    return "\n".join(
+        [
+            f"TV menu 电视菜单:   http://127.0.0.1:{port}/",
+            f"Gateway API:       http://127.0.0.1:{port}/api/v1/devices  (OpenAPI /openapi.json)",
+            "The home LAN is a private network namespace; to look inside from another terminal:",
+            f"  {enter} mosquitto_sub -p {broker.port} -t 'home/#' -v",
+            f"  {enter} coap-client-notls -m get coap://127.0.0.21/3303/0",
+            f"  {enter} dig -p 5353 @127.0.0.31 _services._dns-sd._udp.local PTR",
+            f"Logs 日志:          {workdir}",
+        ]
+    )
+
+
 async def _demo(
     broker: PrivateBroker,
+    sock: socket.socket,
     workdir: Path,
-    port: int,
     children: list[Child],
     console: Console,
     stop: asyncio.Event,
@@ -132,31 +189,34 @@ async def _demo(
     live: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
+    port = sock.getsockname()[1]
     household = Child(
         "household",
         [*_self_cmd("firmware-sim"), "household", "--mqtt", broker.url, "--tele-period", "5"],
         log_path=workdir / "household.log",
         ready=r"household ready",
     )
+    env = {
+        **os.environ,
+        "GATEWAY_DISCOVERY__INTERFACES": "lo",
+        "GATEWAY_DISCOVERY__COAP_INTERVAL_S": "10",
+    }
     gateway = Child(
         "gateway",
         [
             *_self_cmd("gateway"), "run", "--mqtt", broker.url, "--state-dir", str(workdir / "state"),
-            "--id", DEMO_GATEWAY_ID, "--http", f"127.0.0.1:{port}",
+            "--id", DEMO_GATEWAY_ID, "--http-fd", str(sock.fileno()),
         ],
         log_path=workdir / "gateway.log",
         ready=r" ready: ",
+        env=env,
+        pass_fds=[sock.fileno()],
     )  # fmt: skip
     for child in (household, gateway):
         with console.status(f"starting {child.name} …"):
-            await child.start()
+            await child.start(timeout_s=30)
         children.append(child)
-    header = (
-        f"TV menu 电视菜单:   http://127.0.0.1:{port}/\n"
-        f"Gateway API:       http://127.0.0.1:{port}/api/v1/devices  (OpenAPI /openapi.json)\n"
-        f"Local MQTT:        {broker.url}   e.g. mosquitto_sub -p {broker.port} -t 'home/#' -v\n"
-        f"Logs 日志:          {workdir}"
-    )
+    header = _header(port, broker, workdir)
     view = _View()
     watcher = MqttClient(host=broker.host, port=broker.port, client_id="demo-viewer", name="demo-viewer")
     watcher.subscribe(f"home/{DEMO_GATEWAY_ID}/#", view.on_message)

@@ -20,6 +20,7 @@ from gateway.devices.base import Adapter, Found
 from gateway.errors import CommandRejected, DeviceError, RegistryError
 from gateway.model import DeviceInfo, Kind, iso_now, validate_command
 from gateway.registry import DeviceRow, Registry
+from gateway.rooms import suggest_room
 
 __all__ = ["Device", "Hub"]
 
@@ -125,7 +126,7 @@ class Hub:
                 native_id=found.native_id,
                 kind=info.kind.value,
                 native_name=info.name,
-                room=info.room,
+                room=info.room or suggest_room(info.name),
                 approved=info.protocol in self._auto_approve,
             )
             dev = Device(row=row)

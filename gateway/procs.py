@@ -18,12 +18,13 @@ from types import TracebackType
 
 from gateway.errors import GatewayError
 
-__all__ = ["Child"]
+__all__ = ["Child", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when its parent dies (PR_SET_PDEATHSIG)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -70,7 +71,7 @@ class Child:
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
             pass_fds=self._pass_fds,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._reader = asyncio.create_task(self._read(self._proc), name=f"{self.name}-stderr")
         waiter = asyncio.create_task(self._ready.wait())

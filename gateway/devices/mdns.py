@@ -42,7 +42,7 @@ from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_SRV
 
 from gateway.devices.base import DeviceSink, Found
 from gateway.errors import DeviceError, GatewayError
-from gateway.ids import device_id
+from gateway.ids import device_id, normalize_mac
 from gateway.model import DeviceInfo, Kind
 
 __all__ = [
@@ -441,6 +441,8 @@ class MdnsDeviceAdapter:
         if not identity:
             log.debug("mDNS: %s has no identity (%s); ignored", service.name, rule.identity)
             return
+        with contextlib.suppress(ValueError):
+            identity = normalize_mac(identity)  # HomeKit ids and AirPlay device ids are MACs
         dev_id = device_id(rule.type.strip("_").split(".")[0], identity)
         name = _fill(rule.name, service) or service.instance
         info = DeviceInfo(

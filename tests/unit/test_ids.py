@@ -36,3 +36,13 @@ def test_any_identity_gives_a_valid_stable_id(identity: str, namespace: str) -> 
 def test_different_identities_do_not_collide(a: str, b: str) -> None:
     if a.strip().lower() != b.strip().lower():
         assert device_id("x", a) != device_id("x", b)
+
+
+def test_rooms_are_suggested_from_device_names() -> None:
+    from gateway.rooms import suggest_room
+
+    assert suggest_room("客厅灯") == "客厅"
+    assert suggest_room("主卧空调") == "主卧"
+    assert suggest_room("入户门磁") == "玄关"
+    assert suggest_room("Living room lamp") == "Living Room"
+    assert suggest_room("落地灯") == ""
