@@ -392,8 +392,10 @@ class CoapAdapter:
                     await asyncio.sleep(self._observe_timeout_s)  # not observable: poll slowly
                     continue
                 it = aiter(request.observation)
+                silence_s = self._silence_allowed(first)
                 while True:
-                    note = await asyncio.wait_for(anext(it), self._observe_timeout_s)
+                    note = await asyncio.wait_for(anext(it), silence_s)
+                    silence_s = self._silence_allowed(note)
                     self._notify(dev, obj, inst, note, digital, bucket)
             except (TimeoutError, coap_error.Error, StopAsyncIteration) as exc:
                 failures += 1
@@ -411,6 +413,12 @@ class CoapAdapter:
                 if request.observation is not None and not request.observation.cancelled:
                     request.observation.cancel()
             await asyncio.sleep(min(30.0, 0.5 * 2**failures) * random.uniform(0.5, 1.0))
+
+    def _silence_allowed(self, msg: aiocoap.Message) -> float:
+        """How long an observation may stay silent: the configured timeout, or longer when the
+        device says its values stay fresh longer (Max-Age, RFC 7641 §3.3.1)."""
+        max_age = msg.opt.max_age if msg.opt.max_age is not None else 60
+        return max(self._observe_timeout_s, max_age * 1.25 + 2)
 
     def _notify(
         self,
