@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.protocol import BridgeError
 from gateway import __version__
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
@@ -100,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="installer diagnostics; non-zero exit on failure")
     _common(p)
+
+    p = sub.add_parser("provision", help="claim this box with the cloud using a work-order code")
+    _common(p)
+    p.add_argument(
+        "--cloud", required=True, metavar="URL", help="the cloud's API, e.g. https://cloud.example:8443"
+    )
+    p.add_argument("--code", required=True, help="the work-order code, e.g. K7QF-9M2X-RT")
+    p.add_argument("--ca", metavar="FILE", help="CA bundle to check the cloud's HTTPS certificate")
+
+    p = sub.add_parser("reset", help="reset the box")
+    _common(p)
+    p.add_argument("--factory", action="store_true", required=True, help="wipe identity and household data")
+    p.add_argument("--yes", action="store_true", help="do not ask")
     return parser
 
 
@@ -124,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_config(args)
         if args.command == "devices":
             return _cmd_devices(args)
+        if args.command == "provision":
+            return _cmd_provision(args)
+        if args.command == "reset":
+            return _cmd_reset(args)
         if args.command == "doctor":
             from gateway.doctor import run_doctor  # noqa: PLC0415
 
@@ -134,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except GatewayError as exc:
                 settings_error = exc
             return asyncio.run(run_doctor(settings, settings_error, config_path=args.config))
-    except GatewayError as exc:
+    except (GatewayError, BridgeError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -156,6 +174,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
         http_socket.setblocking(False)
     gateway = Gateway(settings, notifier=Notifier.from_environ(os.environ), http_socket=http_socket)
     asyncio.run(gateway.run())
+    return gateway.exit_code
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from gateway.provision import provision  # noqa: PLC0415
+
+    settings = _settings(args)
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    result = provision(
+        settings.state_dir,
+        cloud_url=args.cloud,
+        code=args.code,
+        gateway_id=settings.id,
+        verify=args.ca or True,
+    )
+    rec = result.identity.record
+    print(f"provisioned {rec.gateway_id}: household {rec.household}, region {rec.region}")
+    print(f"  cloud link {rec.mqtt_url}, certificate valid until {result.cert_not_after}")
+    print(f"  identity stored in {result.identity.directory} (owner-only); restart the gateway to connect")
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from gateway.provision import factory_reset  # noqa: PLC0415
+
+    settings = _settings(args)
+    if not args.yes:
+        answer = input(f"Wipe the cloud identity and all household data in {settings.state_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 1
+    removed = factory_reset(settings.state_dir)
+    print("removed: " + (", ".join(removed) if removed else "nothing (already clean)"))
     return 0
 
 

@@ -166,6 +166,18 @@ class HomeAssistantSettings(_Section):
     status_topic: str = Field(default="homeassistant/status", min_length=1)
 
 
+class CloudSettings(_Section):
+    """The link to 北方云 (active once the box is provisioned)."""
+
+    enabled: bool = True
+    #: Device shadows go up at most this often per device (changes are coalesced).
+    telemetry_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    #: A message the cloud has not acknowledged after this long is sent again.
+    ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    outbox_max_messages: int = Field(default=50_000, ge=100, le=10_000_000)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -182,6 +194,7 @@ class Settings(_Section):
     tasmota: TasmotaSettings = TasmotaSettings()
     zigbee2mqtt: Zigbee2MqttSettings = Zigbee2MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    cloud: CloudSettings = CloudSettings()
     log: LogSettings = LogSettings()
     #: How often the watchdog is fed when systemd asks for one (fraction of WatchdogSec).
     watchdog_fraction: float = Field(default=0.5, gt=0, lt=1)

@@ -16,6 +16,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud_bridge.agent import CloudAgent
+from cloud_bridge.identity import Identity, NotProvisioned
+from cloud_bridge.outbox import Outbox
 from gateway import __version__
 from gateway.bus import Bus
 from gateway.config import Settings, parse_host_port
@@ -34,11 +37,13 @@ from gateway.registry import Registry
 from gateway.systemd import Notifier
 from gateway.web import WebContext, bind, create_app, load_admin_token, serve
 
-__all__ = ["HTTP_URL_FILE", "Gateway"]
+__all__ = ["EXIT_RESTART", "HTTP_URL_FILE", "OUTBOX_FILE", "Gateway"]
 
 log = logging.getLogger(__name__)
 
 HTTP_URL_FILE = "http.url"
+OUTBOX_FILE = "outbox.sqlite3"
+EXIT_RESTART = 75  # EX_TEMPFAIL: systemd restarts us (Restart=on-failure)
 _HTTP_READY_TIMEOUT_S = 5.0
 
 
@@ -65,8 +70,17 @@ class Gateway:
         self.ready = asyncio.Event()
         self.hub: Hub | None = None
         self.mqtt: MqttClient | None = None
+        self.cloud: CloudAgent | None = None
+        #: 0 after a normal stop; non-zero when the operator asked for a restart (systemd's
+        #: Restart=on-failure brings the daemon back).
+        self.exit_code = 0
 
     def stop(self) -> None:
+        self._stop.set()
+
+    def restart(self) -> None:
+        log.warning("restart requested by the operator")
+        self.exit_code = EXIT_RESTART
         self._stop.set()
 
     def _open_http(self) -> socket.socket | None:
@@ -151,7 +165,10 @@ class Gateway:
 
         http_ready = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
-        async with asyncio.TaskGroup() as tg:
+        async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
+            agent = await self._cloud_agent(stack, hub, bus)
+            if agent is not None:
+                tasks.append(tg.create_task(agent.run(), name="cloud"))
             tasks.append(tg.create_task(mqtt.run(), name="mqtt-local"))
             tasks.append(tg.create_task(hub.run(), name="registry-writer"))
             tasks.append(tg.create_task(contract.run(), name="commands"))
@@ -174,10 +191,37 @@ class Gateway:
             log.info("stopping")
             self._notifier.stopping()
             await mqtt.close(final=[(status_topic, offline, True)])
+            if agent is not None:
+                await agent.close()
             for task in tasks:
                 task.cancel()
         contract.detach()
         log.info("stopped")
+
+    async def _cloud_agent(self, stack: contextlib.AsyncExitStack, hub: Hub, bus: Bus) -> CloudAgent | None:
+        """The link to 北方云, when this box is provisioned."""
+        s = self.settings
+        if not s.cloud.enabled:
+            return None
+        try:
+            identity = await asyncio.to_thread(Identity.load, s.state_dir)
+        except NotProvisioned:
+            log.info("not provisioned: the cloud link is off (gateway provision --cloud URL --code CODE)")
+            return None
+        outbox = Outbox(s.state_dir / OUTBOX_FILE, max_messages=s.cloud.outbox_max_messages)
+        await stack.enter_async_context(outbox)
+        agent = CloudAgent(
+            identity,
+            outbox,
+            hub=hub,
+            bus=bus,
+            telemetry_interval_s=s.cloud.telemetry_interval_s,
+            ack_timeout_s=s.cloud.ack_timeout_s,
+            reconnect_max_s=s.cloud.reconnect_max_s,
+            on_reboot=self.restart,
+        )
+        self.cloud = agent
+        return agent
 
     def _lan_discovery(self, hub: Hub, http_sock: socket.socket | None) -> _Lan:
         """mDNS (operator terminals, third-party devices, our announcement) and CoAP discovery,
@@ -189,7 +233,7 @@ class Gateway:
         try:
             addresses = resolve_interfaces(s.interfaces)
         except GatewayError as exc:
-            log.error("LAN discovery is off: %s", exc)  # noqa: TRY400 - the message says it all
+            log.error("LAN discovery is off: %s", exc)
             return out
         if s.mdns:
             port = http_sock.getsockname()[1] if http_sock is not None and s.announce else 0
