@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 
+from cloud_bridge.identity import Identity, NotProvisioned
+from cloud_bridge.protocol import BridgeError
 from gateway.config import Settings
 from gateway.errors import BrokerError, GatewayError, RegistryError
 from gateway.mqtt import MqttClient
@@ -21,6 +25,8 @@ __all__ = ["Check", "run_doctor"]
 #: The clock must not be earlier than this release was built (a box with a dead RTC boots in 1970).
 BUILD_DATE = datetime(2026, 11, 1, tzinfo=UTC)
 _MAX_FUTURE_DAYS = 3650
+CERT_WARN_DAYS = 30
+MAX_SKEW_S = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,82 @@ async def _check_broker(settings: Settings) -> Check:
     )
 
 
+async def _check_cloud(settings: Settings) -> list[Check]:
+    """Identity, certificate, cloud reachability (mutual TLS) and clock skew against the cloud."""
+    try:
+        identity = await asyncio.to_thread(Identity.load, settings.state_dir)
+    except NotProvisioned:
+        return [Check("identity", False, "not provisioned; run `gateway provision --cloud URL --code CODE`")]
+    except BridgeError as exc:
+        return [Check("identity", False, str(exc))]
+    rec = identity.record
+    checks = [Check("identity", True, f"{rec.gateway_id}, household {rec.household}, region {rec.region}")]
+    try:
+        cert = identity.certificate()
+    except (OSError, BridgeError) as exc:
+        return [*checks, Check("cert", False, f"cannot read the certificate ({exc}); provision again")]
+    now = datetime.now(UTC)
+    days_left = (cert.not_after - now).days
+    if now < cert.not_before:
+        checks.append(Check("cert", False, f"not valid before {cert.not_before:%Y-%m-%d}; check the clock"))
+    elif now > cert.not_after:
+        checks.append(
+            Check(
+                "cert", False, f"expired on {cert.not_after:%Y-%m-%d}; provision again with a new work order"
+            )
+        )
+    else:
+        note = " — renew soon" if days_left < CERT_WARN_DAYS else ""
+        checks.append(Check("cert", True, f"valid until {cert.not_after:%Y-%m-%d} ({days_left} days){note}"))
+    try:
+        host, port = identity.mqtt_host_port()
+        client = MqttClient(
+            host=host,
+            port=port,
+            client_id=f"{rec.gateway_id}-doctor",
+            tls=identity.tls_context(),
+            connect_timeout_s=settings.mqtt.connect_timeout_s,
+            reconnect_max_s=1.0,
+            name="doctor-cloud",
+        )
+    except (OSError, BridgeError, ssl.SSLError) as exc:
+        checks.append(Check("cloud", False, f"cannot set up TLS ({exc}); provision again"))
+        return checks
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(client.run())
+        try:
+            await client.wait_connected(settings.mqtt.connect_timeout_s)
+            reachable = True
+        except BrokerError:
+            reachable = False
+        await client.close()
+        task.cancel()
+    if reachable:
+        checks.append(Check("cloud", True, f"{rec.mqtt_url} reachable with mutual TLS"))
+    else:
+        checks.append(
+            Check(
+                "cloud",
+                False,
+                f"cannot connect to {rec.mqtt_url} (network, or a certificate the cloud does not accept)",
+            )
+        )
+    if rec.api_url:
+        try:
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+                response = await http.get(rec.api_url.rstrip("/") + "/v1/health")
+            cloud_time = datetime.fromisoformat(str(response.json()["time"]).replace("Z", "+00:00"))
+            skew = abs((datetime.now(UTC) - cloud_time).total_seconds())
+            ok = skew <= MAX_SKEW_S
+            detail = f"{skew:.1f} s off the cloud's clock" + ("" if ok else "; set the time (NTP)")
+            checks.append(Check("skew", ok, detail))
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            checks.append(
+                Check("skew", False, f"cannot read the cloud's time at {rec.api_url} ({type(exc).__name__})")
+            )
+    return checks
+
+
 def _check_clock(now: datetime | None = None) -> Check:
     now = now or datetime.now(UTC)
     if now < BUILD_DATE:
@@ -113,6 +195,8 @@ async def run_doctor(
         checks.append(Check("config", True, f"valid ({where}); gateway id {settings.id}"))
         checks.append(await _check_state_dir(settings))
         checks.append(await _check_broker(settings))
+        if settings.cloud.enabled:
+            checks += await _check_cloud(settings)
     checks.append(_check_clock())
     for check in checks:
         mark = "[green]✔ OK  [/green]" if check.ok else "[red]✘ FAIL[/red]"

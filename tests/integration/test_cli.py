@@ -76,16 +76,12 @@ def test_devices_without_a_running_gateway_says_what_to_do(tmp_path: Path) -> No
 
 
 async def test_doctor_passes_and_fails_with_one_line_per_check(broker: PrivateBroker, tmp_path: Path) -> None:
-    good = await asyncio.to_thread(
-        gateway_cli,
-        "doctor",
-        "--mqtt",
-        broker.url,
-        "--state-dir",
-        str(tmp_path / "s"),
-        "--id",
-        "t1",
-    )
+    common = ("doctor", "--mqtt", broker.url, "--state-dir", str(tmp_path / "s"), "--id", "t1")
+    unprovisioned = await asyncio.to_thread(gateway_cli, *common)
+    assert unprovisioned.returncode == 1
+    assert re.search(r"✘ FAIL\s+identity .*gateway provision", unprovisioned.stdout), unprovisioned.stdout
+    # A box that is not meant to talk to the cloud (cloud.enabled = false) passes.
+    good = await asyncio.to_thread(gateway_cli, *common, env={"GATEWAY_CLOUD__ENABLED": "false"})
     assert good.returncode == 0, good.stdout + good.stderr
     for name in ("config", "registry", "broker", "clock"):
         assert re.search(rf"✔ OK\s+{name}", good.stdout), good.stdout
