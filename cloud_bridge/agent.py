@@ -278,21 +278,30 @@ class CloudAgent:
                 envelope = parse_envelope(msg.payload)
                 self._id.trust.verify(envelope)
                 check_fresh(envelope, max_age=_MAX_AGE.get(envelope.type, _DEFAULT_MAX_AGE))
-                if envelope.type != "ack" and await self._outbox.seen_before(envelope.id):
+                remembered = envelope.type != "ack"
+                if remembered and await self._outbox.has_seen(envelope.id):
                     self.stats.replays += 1
                     raise SignatureError("replay", envelope.id)
             except SignatureError as exc:
                 await self._security(exc, msg)
                 continue
             self.stats.accepted += 1
+            # A command runs at most once: remembered before it runs. Everything else is
+            # remembered after its handler has kept it (handlers are idempotent), so a crash in
+            # between means it is handled again on redelivery instead of lost.
+            if envelope.type == "command":
+                await self._outbox.mark_seen(envelope.id)
             handler = self._handlers.get(envelope.type)
             if handler is None:
                 log.info("cloud: no handler for %s messages; ignored", envelope.type)
-                continue
-            try:
-                await handler(envelope, msg.topic)
-            except Exception:  # a handler's bug must not stop the link
-                log.exception("cloud: handler for %s failed", envelope.type)
+            else:
+                try:
+                    await handler(envelope, msg.topic)
+                except Exception:  # a handler's bug must not stop the link
+                    log.exception("cloud: handler for %s failed", envelope.type)
+                    continue
+            if remembered and envelope.type != "command":
+                await self._outbox.mark_seen(envelope.id)
 
     async def _security(self, exc: SignatureError, msg: Message) -> None:
         """Drop, count, log, and (rate-limited) report up as a security event."""

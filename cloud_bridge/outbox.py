@@ -295,13 +295,20 @@ class Outbox:
                 return True
         return False
 
+    async def has_seen(self, ident: str) -> bool:
+        """Whether downlink `ident` was recorded with `mark_seen`."""
+        assert self._db is not None and self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._db.seen, ident)
+
+    async def mark_seen(self, ident: str, *, lifetime_s: float = 30 * 86400) -> None:
+        """Remember downlink `ident` durably (returns once on disk)."""
+        await self._enqueue(seen=[(ident, time.time() + lifetime_s)])
+
     async def seen_before(self, ident: str, *, lifetime_s: float = 30 * 86400) -> bool:
         """True if downlink `ident` was already recorded; otherwise record it durably first."""
-        assert self._db is not None and self._executor is not None
-        loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self._executor, self._db.seen, ident):
+        if await self.has_seen(ident):
             return True
-        await self._enqueue(seen=[(ident, time.time() + lifetime_s)])
+        await self.mark_seen(ident, lifetime_s=lifetime_s)
         return False
 
     # -- sending --------------------------------------------------------------------------
