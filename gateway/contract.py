@@ -83,6 +83,7 @@ class MqttContract:
     def attach(self) -> None:
         self._unsubscribe += [
             self._mqtt.subscribe(f"{self._root}/device/+/set", self._on_set, qos=1),
+            self._mqtt.subscribe(f"{self._root}/voice/in", self._on_voice, qos=1),
             self._mqtt.on_connect(self.republish),
             self._hub.bus.listen(self._on_event),
         ]
@@ -166,6 +167,25 @@ class MqttContract:
             self._publish_availability(dev)
         elif event.kind == "info":
             self._publish_device(dev)
+
+    def _on_voice(self, msg: Message) -> None:
+        """`home/<gw>/voice/in`: a transcript from any LAN client (Contract 1)."""
+        try:
+            data = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            data = None
+        text = data.get("text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip() or len(text) > 500:
+            self._error(
+                "",
+                "invalid_voice",
+                'voice/in takes {"text": "...", "lang": "zh-CN", "source": "<device id>"}',
+                msg.payload,
+            )
+            return
+        lang = data.get("lang") if isinstance(data.get("lang"), str) else "zh-CN"
+        source = data.get("source") if isinstance(data.get("source"), str) else ""
+        self._hub.emit_event("voice", {"text": text.strip(), "lang": lang[:16], "source": source[:64]})
 
     def _on_ha_status(self, msg: Message) -> None:
         # Home Assistant's birth message: it has (re)started and needs discovery again.

@@ -34,6 +34,7 @@ from gateway.errors import BrokerError, GatewayError
 from gateway.hub import Hub
 from gateway.mqtt import MqttClient, Will
 from gateway.registry import Registry
+from gateway.services.voice import VoiceService
 from gateway.systemd import Notifier
 from gateway.web import WebContext, bind, create_app, load_admin_token, serve
 
@@ -71,6 +72,7 @@ class Gateway:
         self.hub: Hub | None = None
         self.mqtt: MqttClient | None = None
         self.cloud: CloudAgent | None = None
+        self.voice: VoiceService | None = None
         #: 0 after a normal stop; non-zero when the operator asked for a restart (systemd's
         #: Restart=on-failure brings the daemon back).
         self.exit_code = 0
@@ -162,6 +164,9 @@ class Gateway:
         adapters.extend(lan.adapters)
         for adapter in adapters:
             hub.add_adapter(adapter)
+        voice = VoiceService(hub)
+        voice.attach()
+        self.voice = voice
 
         http_ready = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
@@ -176,6 +181,7 @@ class Gateway:
                 tasks.append(tg.create_task(adapter.run(), name=f"adapter-{adapter.protocol}"))
             if lan.mdns is not None:
                 tasks.append(tg.create_task(lan.mdns.run(), name="mdns"))
+            tasks.append(tg.create_task(voice.run(), name="voice"))
             if http_sock is not None:
                 ctx = WebContext(
                     hub,
