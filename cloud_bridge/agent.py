@@ -126,6 +126,10 @@ class CloudAgent:
 
     # -- wiring ---------------------------------------------------------------------------
 
+    @property
+    def region(self) -> str:
+        return self._id.region
+
     def on(self, message_type: str, handler: Handler) -> None:
         """Handle verified downlink messages of `message_type` (alerts, services, ...)."""
         self._handlers[message_type] = handler

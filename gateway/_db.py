@@ -52,3 +52,32 @@ class Device(Model):
 
     class Meta:
         table = "devices"
+
+
+class AlertRecord(Model):
+    """An emergency alert the gateway accepted (or raised locally), and where it stands."""
+
+    id = fields.CharField(max_length=64, primary_key=True)  # CAP identity: sender, identifier, sent
+    alert: fields.JSONField[dict[str, Any]] = fields.JSONField()  # the normalized alert as received
+    level = fields.IntField()  # 1 (特别重大/红) .. 4 (一般/蓝)
+    state = fields.CharField(max_length=16, db_index=True)  # active, acknowledged, expired, cancelled
+    local = fields.BooleanField(default=False)  # raised by a detector in this home
+    expires_at = fields.DatetimeField()
+    received_at = fields.DatetimeField()
+    acknowledged_at = fields.DatetimeField(null=True)
+    acknowledged_by = fields.CharField(max_length=128, default="")
+    ended_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "alerts"
+
+
+class AlertTombstone(Model):
+    """An alert named by an Update or Cancel: never presented, even if it arrives later."""
+
+    alert_id = fields.CharField(max_length=64, primary_key=True)
+    reason = fields.CharField(max_length=16)  # cancelled, updated
+    until = fields.DatetimeField()
+
+    class Meta:
+        table = "alert_tombstones"

@@ -178,6 +178,20 @@ class CloudSettings(_Section):
     reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class AlertSettings(_Section):
+    """Emergency alerts in the home."""
+
+    #: The household's language: shown and spoken first.
+    language: str = Field(default="zh-CN", pattern=r"^[a-zA-Z]{2,3}(-[a-zA-Z0-9]{2,8})*$")
+    #: Exercise and Test alerts: shown clearly labelled as drills, or not at all.
+    drills: Literal["label", "hide"] = "label"
+    #: An alert without `expires` ends this long after it was sent.
+    default_expiry_h: float = Field(default=6.0, gt=0, le=168)
+    #: Level-1 alerts are announced again this often until acknowledged, at most this many times.
+    repeat_interval_s: float = Field(default=60.0, ge=5, le=3600)
+    repeat_count: int = Field(default=5, ge=1, le=100)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -195,6 +209,7 @@ class Settings(_Section):
     zigbee2mqtt: Zigbee2MqttSettings = Zigbee2MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
     cloud: CloudSettings = CloudSettings()
+    alerts: AlertSettings = AlertSettings()
     log: LogSettings = LogSettings()
     #: How often the watchdog is fed when systemd asks for one (fraction of WatchdogSec).
     watchdog_fraction: float = Field(default=0.5, gt=0, lt=1)

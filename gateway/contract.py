@@ -78,6 +78,7 @@ class MqttContract:
         self._commands: asyncio.Queue[tuple[str, dict[str, Any], str]] = asyncio.Queue(_COMMAND_QUEUE)
         self._unsubscribe: list[Any] = []
         self.stats = ContractStats()
+        self._alerts: dict[str, bytes] = {}  # active alerts, retained on home/<gw>/alert/<id>
         self._last_warn: dict[str, float] = {}
 
     def attach(self) -> None:
@@ -106,6 +107,8 @@ class MqttContract:
             self._mqtt.publish(topic, _dumps(payload), qos=1, retain=True)
         for dev in self._hub.devices(approved=True):
             self._publish_device(dev)
+        for alert_id, body in self._alerts.items():
+            self._mqtt.publish(f"{self._root}/alert/{alert_id}", body, qos=1, retain=True)
 
     def _publish_device(self, dev: Device) -> None:
         base = f"{self._root}/device/{dev.info.id}"
@@ -152,6 +155,14 @@ class MqttContract:
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "event":
+            if event.device_id == "alert":
+                alert_id = str(event.data.get("id", ""))
+                body = self._alerts[alert_id] = _dumps(event.data)
+                self._mqtt.publish(f"{self._root}/alert/{alert_id}", body, qos=1, retain=True)
+            elif event.device_id == "alert_cleared":
+                alert_id = str(event.data.get("id", ""))
+                self._alerts.pop(alert_id, None)
+                self._mqtt.publish(f"{self._root}/alert/{alert_id}", b"", qos=1, retain=True)
             self._mqtt.publish(f"{self._root}/event/{event.device_id}", _dumps(event.data), qos=1)
             return
         if event.kind == "removed":

@@ -14,11 +14,14 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from cloud_bridge.agent import CloudAgent
 from cloud_bridge.identity import Identity, NotProvisioned
-from cloud_bridge.outbox import Outbox
+from cloud_bridge.outbox import MessageClass, Outbox
+from cloud_bridge.protocol import Envelope
 from gateway import __version__
 from gateway.bus import Bus
 from gateway.config import Settings, parse_host_port
@@ -34,6 +37,7 @@ from gateway.errors import BrokerError, GatewayError
 from gateway.hub import Hub
 from gateway.mqtt import MqttClient, Will
 from gateway.registry import Registry
+from gateway.services.alerts import AlertPolicy, AlertService
 from gateway.services.voice import VoiceService
 from gateway.systemd import Notifier
 from gateway.web import WebContext, bind, create_app, load_admin_token, serve
@@ -73,6 +77,7 @@ class Gateway:
         self.mqtt: MqttClient | None = None
         self.cloud: CloudAgent | None = None
         self.voice: VoiceService | None = None
+        self.alerts: AlertService | None = None
         #: 0 after a normal stop; non-zero when the operator asked for a restart (systemd's
         #: Restart=on-failure brings the daemon back).
         self.exit_code = 0
@@ -164,7 +169,22 @@ class Gateway:
         adapters.extend(lan.adapters)
         for adapter in adapters:
             hub.add_adapter(adapter)
-        voice = VoiceService(hub)
+        alerts = AlertService(
+            hub,
+            registry,
+            gateway_id=s.id,
+            policy=AlertPolicy(
+                language=s.alerts.language,
+                drills=s.alerts.drills,
+                default_expiry=timedelta(hours=s.alerts.default_expiry_h),
+                repeat_interval_s=s.alerts.repeat_interval_s,
+                repeat_count=s.alerts.repeat_count,
+            ),
+        )
+        await alerts.load()
+        alerts.attach()
+        self.alerts = alerts
+        voice = VoiceService(hub, alerts=alerts)
         voice.attach()
         self.voice = voice
 
@@ -173,7 +193,9 @@ class Gateway:
         async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
             agent = await self._cloud_agent(stack, hub, bus)
             if agent is not None:
+                self._link_alerts(agent, alerts)
                 tasks.append(tg.create_task(agent.run(), name="cloud"))
+            tasks.append(tg.create_task(alerts.run(), name="alerts"))
             tasks.append(tg.create_task(mqtt.run(), name="mqtt-local"))
             tasks.append(tg.create_task(hub.run(), name="registry-writer"))
             tasks.append(tg.create_task(contract.run(), name="commands"))
@@ -203,6 +225,26 @@ class Gateway:
                 task.cancel()
         contract.detach()
         log.info("stopped")
+
+    @staticmethod
+    def _link_alerts(agent: CloudAgent, alerts: AlertService) -> None:
+        """Alerts come down the cloud link; receipts and security events go up it."""
+
+        async def on_alert(envelope: Envelope, topic: str) -> None:
+            await alerts.on_cloud_alert(envelope.payload, envelope_id=envelope.id)
+
+        async def receipt(payload: dict[str, Any]) -> None:
+            await agent.send("receipt", payload, MessageClass.CRITICAL)
+
+        async def security(reason: str, alert_id: str, detail: str) -> None:
+            await agent.send(
+                "security",
+                {"reason": reason, "type": "alert", "id": alert_id, "detail": detail},
+                MessageClass.CRITICAL,
+            )
+
+        agent.on("alert", on_alert)
+        alerts.set_links(region=agent.region, receipt=receipt, security=security)
 
     async def _cloud_agent(self, stack: contextlib.AsyncExitStack, hub: Hub, bus: Bus) -> CloudAgent | None:
         """The link to 北方云, when this box is provisioned."""

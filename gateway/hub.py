@@ -250,6 +250,11 @@ class Hub:
             exc.device_id = device_id
             raise
         assert dev is not None
+        overlay = values.get("overlay")
+        if isinstance(overlay, dict) and overlay.get("kind") == "alert":
+            raise CommandRejected(
+                "reserved", "the alert presentation is reserved for emergency alerts", device_id=device_id
+            )
         if dev.info.protocol not in self._adapters:
             raise CommandRejected("no_adapter", f"{dev.info.protocol} is not enabled", device_id=device_id)
         return values

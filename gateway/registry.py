@@ -24,7 +24,7 @@ from tortoise.transactions import in_transaction
 from gateway import _db
 from gateway.errors import RegistryError
 
-__all__ = ["DB_FILENAME", "DeviceRow", "Registry"]
+__all__ = ["DB_FILENAME", "AlertRow", "DeviceRow", "Registry"]
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,69 @@ class Registry:
         self._conn()
         return bool(await _db.Device.filter(id=device_id).delete())
 
+    # -- alerts -------------------------------------------------------------------------
+
+    async def save_alert(self, rec: AlertRow) -> None:
+        """Insert or update an alert (the record is on disk when this returns)."""
+        self._conn()
+        values: dict[str, Any] = {
+            "alert": rec.alert, "level": rec.level, "state": rec.state, "local": rec.local,
+            "expires_at": rec.expires_at, "received_at": rec.received_at,
+            "acknowledged_at": rec.acknowledged_at, "acknowledged_by": rec.acknowledged_by,
+            "ended_at": rec.ended_at,
+        }  # fmt: skip
+        try:
+            async with in_transaction("default"):
+                if not await _db.AlertRecord.filter(id=rec.id).update(**values):
+                    await _db.AlertRecord.create(id=rec.id, **values)
+        except BaseORMException as exc:
+            raise RegistryError(f"cannot save alert {rec.id}: {exc}") from exc
+
+    async def alerts(self, *, states: Iterable[str] | None = None, limit: int = 200) -> list[AlertRow]:
+        self._conn()
+        query = _db.AlertRecord.all()
+        if states is not None:
+            query = query.filter(state__in=list(states))
+        rows = await query.order_by("-received_at").limit(limit)
+        return [
+            AlertRow(
+                id=r.id,
+                alert=dict(r.alert),
+                level=r.level,
+                state=r.state,
+                local=r.local,
+                expires_at=r.expires_at,
+                received_at=r.received_at,
+                acknowledged_at=r.acknowledged_at,
+                acknowledged_by=r.acknowledged_by,
+                ended_at=r.ended_at,
+            )
+            for r in rows
+        ]
+
+    async def alert_exists(self, alert_id: str) -> bool:
+        self._conn()
+        return await _db.AlertRecord.exists(id=alert_id)
+
+    async def add_tombstones(self, ids: Iterable[str], *, reason: str, until: datetime) -> None:
+        self._conn()
+        async with in_transaction("default"):
+            for alert_id in ids:
+                await _db.AlertTombstone.update_or_create(
+                    alert_id=alert_id, defaults={"reason": reason, "until": until}
+                )
+
+    async def tombstone(self, alert_id: str) -> str | None:
+        """Why this alert must not be presented (cancelled/updated), if it must not."""
+        self._conn()
+        row = await _db.AlertTombstone.get_or_none(alert_id=alert_id)
+        return row.reason if row is not None else None
+
+    async def forget_old_alerts(self, before: datetime) -> None:
+        self._conn()
+        await _db.AlertTombstone.filter(until__lt=before).delete()
+        await _db.AlertRecord.filter(state__not="active", received_at__lt=before).delete()
+
     # -- rooms --------------------------------------------------------------------------
 
     async def rooms(self) -> list[str]:
@@ -242,6 +305,22 @@ class Registry:
             return None
         room, _ = await _db.Room.get_or_create(name=name)
         return room
+
+
+@dataclass(slots=True)
+class AlertRow:
+    """An alert as stored: the normalized alert and its state in this home."""
+
+    id: str
+    alert: dict[str, Any]
+    level: int
+    state: str  # active, acknowledged, expired, cancelled
+    expires_at: datetime
+    received_at: datetime
+    local: bool = False
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str = ""
+    ended_at: datetime | None = None
 
 
 def _to_row(dev: _db.Device) -> DeviceRow:
