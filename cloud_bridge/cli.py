@@ -118,6 +118,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
     _client_options(p)
 
+    p = sub.add_parser("alert", help="emergency alerts (应急广播)")
+    asub = p.add_subparsers(dest="action", required=True)
+    a = asub.add_parser("send", help="send a CAP 1.2 alert (XML or JSON file)")
+    a.add_argument("file", type=Path, metavar="FILE")
+    a.add_argument(
+        "--region", action="append", metavar="CODE", help="target region (repeatable; default: CAP geocodes)"
+    )
+    _client_options(a)
+    a = asub.add_parser("list", help="alerts sent, newest first")
+    a.add_argument("--active", action="store_true", help="only alerts still in force")
+    _client_options(a)
+    a = asub.add_parser("status", help="per-gateway receipts and coverage of one alert")
+    a.add_argument("id")
+    _client_options(a)
+
     p = sub.add_parser("keys", help="signing keys")
     ksub = p.add_subparsers(dest="action", required=True)
     k = ksub.add_parser("rotate", help="new signing key, announced to every gateway")
@@ -191,13 +206,28 @@ class _Client:
             "or set CLOUD_TOKEN"
         )
 
-    def request(self, method: str, path: str, body: Any = None, *, timeout_s: float = _HTTP_TIMEOUT_S) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float = _HTTP_TIMEOUT_S,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             resp = httpx.request(
                 method,
                 self.url + path,
                 json=body,
-                headers={"Authorization": f"Bearer {self.token}"},
+                content=content,
+                params=params,
+                headers=headers,
                 timeout=timeout_s,
             )
         except httpx.HTTPError as exc:
@@ -256,6 +286,66 @@ def _gateways_table(rows: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
+def _alert_command(args: argparse.Namespace, client: _Client) -> int:
+    if args.action == "send":
+        try:
+            raw = args.file.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read the alert from {args.file}: {exc}") from exc
+        kind = "application/json" if raw.lstrip()[:1] in (b"{", b"[") else "application/cap+xml"
+        params = {"region": args.region} if args.region else None
+        result = client.request("POST", "/v1/alerts", content=raw, content_type=kind, params=params)
+        if args.json:
+            _print_json(result)
+        else:
+            again = " (already sent before: not resent)" if result["duplicate"] else ""
+            print(
+                f"alert {result['id']}{again}: {result['msg_type']}, level {result['priority']}, "
+                f"to {', '.join(result['targets'])}, {result['gateways_expected']} gateways"
+            )
+            print(f"follow it with: cloud alert status {result['id']}")
+        return 0
+    if args.action == "list":
+        rows = client.request("GET", "/v1/alerts", params={"active": "true"} if args.active else None)
+        if args.json:
+            _print_json(rows)
+            return 0
+        table = Table(title=f"alerts ({len(rows)})")
+        for column in ("id", "state", "type", "level", "headline", "targets", "gateways", "accepted"):
+            table.add_column(column)
+        for a in rows:
+            table.add_row(
+                a["id"], a["state"], a["msg_type"], str(a["priority"]), a.get("headline") or "-",
+                ",".join(a["targets"]), str(a["gateways_expected"]), a["accepted_at"],
+            )  # fmt: skip
+        Console().print(table)
+        return 0
+    st = client.request("GET", f"/v1/alerts/{args.id}")
+    if args.json:
+        _print_json(st)
+        return 0
+    cov = st["coverage"]
+    table = Table(
+        title=f"{st['id']} {st.get('headline') or ''} ({st['state']}): "
+        f"{cov['gateways_received']}/{cov['gateways_expected']} gateways, "
+        f"{cov['devices_presented']}/{cov['devices_known']} screens and speakers"
+    )
+    for column in ("gateway", "received", "result", "displayed", "spoken", "acknowledged", "ended"):
+        table.add_column(column)
+    for g in st["gateways"]:
+        table.add_row(
+            g["id"],
+            g["received"] or "[red]not yet[/]",
+            g["result"] or g["suppressed"] or "-",
+            str(len(g["displayed"])),
+            str(len(g["spoken"])),
+            g["acknowledged"] or "-",
+            (g["ended"] or {}).get("how", "-"),
+        )
+    Console().print(table)
+    return 0
+
+
 def _client_command(args: argparse.Namespace, data_dir: Path, environ: Mapping[str, str]) -> int:
     role = "installer" if args.command == "workorder" else "operator"
     client = _Client(args, data_dir, environ, role)
@@ -304,6 +394,8 @@ def _client_command(args: argparse.Namespace, data_dir: Path, environ: Mapping[s
         )
         _print_json(result)
         return 0 if result.get("status") == "ok" else 1
+    if args.command == "alert":
+        return _alert_command(args, client)
     if args.command == "keys" and args.action == "rotate":
         result = client.request("POST", "/v1/keys/rotate")
         if args.json:

@@ -41,7 +41,7 @@ __all__ = [
 
 MAX_ENVELOPE_BYTES = 256 * 1024
 PROTOCOL_VERSION = 1
-_REGION = re.compile(r"^\d{2}(\d{2}(\d{2}(\d{3}(\d{3})?)?)?)?$")
+_REGION = re.compile(r"\d{2}(\d{2}(\d{2}(\d{3}(\d{3})?)?)?)?", re.ASCII)  # used with fullmatch
 _PREFIX_LENGTHS = (2, 4, 6, 9, 12)  # 行政区划代码: province, city, county, town, village
 
 
@@ -251,7 +251,7 @@ def check_fresh(
 
 def region_prefixes(region: str) -> list[str]:
     """行政区划代码 → the codes of every level it belongs to: 210102 → 21, 2101, 210102."""
-    if not _REGION.match(region):
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
         raise ValueError(f"not a region code (2, 4, 6, 9 or 12 digits): {region!r}")
     return [region[:n] for n in _PREFIX_LENGTHS if n <= len(region)]
 

@@ -27,6 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cloud_bridge.ca import CertificateAuthority, cert_info
+from cloud_bridge.cap import MAX_CAP_BYTES, CapError, parse_cap_json, parse_cap_xml
+from cloud_bridge.cloud.alerts import AlertDesk, AlertTargetError
 from cloud_bridge.cloud.broker import CLOUD_CLIENT_CN
 from cloud_bridge.cloud.db import CloudDB, CommandRow, GatewayRow
 from cloud_bridge.cloud.service import CloudService, CloudUnavailable
@@ -95,6 +97,7 @@ class ApiContext:
     api_url: str
     gateways_changed: Callable[[], Awaitable[None]]
     mqtt_connected: Callable[[], bool]
+    alerts: AlertDesk
 
 
 # -- bodies -------------------------------------------------------------------------------------
@@ -265,6 +268,78 @@ class PushRecord(BaseModel):
     topics: list[str]
     kid: str
     created_at: str
+
+
+class AlertAccepted(BaseModel):
+    id: str = Field(description="CAP identity: 24 hex digits over (sender, identifier, sent)")
+    duplicate: bool = Field(description="true: this CAP message was accepted before and is not resent")
+    msg_type: str
+    priority: int = Field(description="1 (red/Extreme, full screen) .. 4")
+    targets: list[str] = Field(description="region codes published to, or ['all']")
+    gateways_expected: int
+    envelope_id: str
+    accepted_at: str
+    expires_at: str
+
+
+class AlertSummary(BaseModel):
+    id: str
+    state: str
+    msg_type: str
+    status: str
+    priority: int
+    headline: str | None
+    targets: list[str]
+    gateways_expected: int
+    accepted_at: str
+    expires_at: str
+
+
+class DeviceStage(BaseModel):
+    device: str
+    ts: str | None
+
+
+class AlertEnd(BaseModel):
+    how: str
+    ts: str | None
+
+
+class GatewayAlertStatus(BaseModel):
+    id: str
+    received: str | None
+    result: str | None = Field(description="verified, or why the gateway did not present it")
+    displayed: list[DeviceStage]
+    spoken: list[DeviceStage]
+    acknowledged: str | None
+    ended: AlertEnd | None
+    suppressed: str | None
+    unexpected: bool = False
+
+
+class Coverage(BaseModel):
+    gateways_expected: int
+    gateways_received: int
+    gateway_share: float | None
+    devices_known: int = Field(description="TVs and speakers the targeted gateways reported")
+    devices_presented: int
+    device_share: float | None
+
+
+class AlertStatus(BaseModel):
+    id: str
+    state: str
+    msg_type: str
+    status: str
+    priority: int
+    headline: str | None
+    targets: list[str]
+    accepted_at: str | None
+    created_at: str | None
+    expires_at: str | None
+    envelope_id: str
+    gateways: list[GatewayAlertStatus]
+    coverage: Coverage
 
 
 class SecurityEventOut(BaseModel):
@@ -602,6 +677,119 @@ def _operator_router() -> APIRouter:
             for p in await ctx.db.pushes(limit=limit)
         ]
 
+    @r.post(
+        "/alerts",
+        status_code=201,
+        responses={
+            200: {"model": AlertAccepted, "description": "the same CAP message was accepted before"},
+            400: {"model": ProblemResponse},
+            413: {"model": ProblemResponse},
+            415: {"model": ProblemResponse},
+            503: {"model": ProblemResponse},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/cap+xml": {"schema": {"type": "string"}},
+                    "application/xml": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {"type": "object"}},
+                },
+            }
+        },
+    )
+    async def send_alert(
+        ctx: Ctx,
+        request: Request,
+        region: Annotated[
+            list[str] | None,
+            Query(description="region code(s) to target (行政区划代码); default: the CAP geocodes"),
+        ] = None,
+    ) -> JSONResponse:
+        """Accept one CAP 1.2 alert (XML, or JSON in the model's field names), sign it and
+        publish it once per region topic. An Update or Cancel without regions goes where the
+        alert it references went."""
+        accepted_at = utc_now()
+        body = await _read_limited(request, MAX_CAP_BYTES)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind in ("application/cap+xml", "application/xml", "text/xml"):
+            parse: Callable[[bytes], Any] = parse_cap_xml
+        elif kind == "application/json":
+            parse = parse_cap_json
+        else:
+            raise _problem(
+                415, "unsupported_media_type", "send CAP as application/cap+xml or application/json"
+            )
+        try:
+            alert = await asyncio.to_thread(parse, body)
+        except CapError as exc:
+            raise HTTPException(
+                400, {"reason": "invalid_cap", "message": str(exc)[:2000], "reasons": exc.reasons[:50]}
+            ) from exc
+        for code in region or []:
+            try:
+                region_prefixes(code)
+            except ValueError as exc:
+                raise _problem(400, "invalid_region", str(exc)) from exc
+        existing = await ctx.db.alert(alert.alert_id)
+        if existing is None:
+            try:
+                row = await ctx.alerts.submit(alert, regions_=region, accepted_at=accepted_at)
+            except AlertTargetError as exc:
+                raise _problem(400, "no_target", str(exc)) from exc
+            except CloudUnavailable as exc:
+                raise _problem(503, "mqtt_unavailable", str(exc)) from exc
+        else:
+            row = existing
+        out = AlertAccepted(
+            id=row.id,
+            duplicate=existing is not None,
+            msg_type=row.msg_type,
+            priority=row.priority,
+            targets=row.targets,
+            gateways_expected=len(row.expected),
+            envelope_id=row.envelope_id,
+            accepted_at=iso(row.accepted_at),
+            expires_at=iso(row.expires_at),
+        )
+        return JSONResponse(
+            out.model_dump(),
+            status_code=200 if existing is not None else 201,
+            headers={"Location": f"/v1/alerts/{row.id}"},
+        )
+
+    @r.get("/alerts")
+    async def alerts(
+        ctx: Ctx,
+        active: bool = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[AlertSummary]:
+        """Newest first."""
+        return [
+            AlertSummary(
+                id=a.id,
+                state=a.state,
+                msg_type=a.msg_type,
+                status=a.status,
+                priority=a.priority,
+                headline=_headline(a.alert),
+                targets=a.targets,
+                gateways_expected=len(a.expected),
+                accepted_at=iso(a.accepted_at),
+                expires_at=iso(a.expires_at),
+            )
+            for a in await ctx.db.alerts(active_only=active, limit=limit)
+        ]
+
+    @r.get("/alerts/{alert_id}")
+    async def alert_status(ctx: Ctx, alert_id: str) -> AlertStatus:
+        """Per gateway: received (and the verdict), displayed/spoken per device, acknowledged,
+        ended; and coverage of the gateways and presenting devices that were targeted."""
+        found = await ctx.alerts.status(alert_id)
+        if found is None:
+            raise _problem(404, "unknown_alert", f"no alert {alert_id!r} was sent from this cloud")
+        return AlertStatus.model_validate(found)
+
     @r.get("/keys")
     def keys(ctx: Ctx) -> list[KeyOut]:
         ring = ctx.service.keys
@@ -633,6 +821,28 @@ def _operator_router() -> APIRouter:
     return r
 
 
+def _headline(alert: dict[str, Any]) -> str | None:
+    infos = alert.get("infos") or [{}]
+    first = infos[0] if isinstance(infos[0], dict) else {}
+    value = first.get("headline") or first.get("event")
+    return str(value) if value else None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing (413) as soon as it is longer than `limit`, before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _problem(413, "too_large", f"the body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _problem(413, "too_large", f"the body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -652,7 +862,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="北方云 reference cloud",
         version=__version__,
         description=(
-            "Operator API of the lab stand-in for 北方云: provisioning, fleet, commands, service pushes."
+            "Operator API of the lab stand-in for 北方云: provisioning, fleet, commands, service pushes, "
+            "emergency alerts."
         ),
     )
     app.state.ctx = ctx

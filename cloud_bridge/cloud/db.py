@@ -34,6 +34,7 @@ from cloud_bridge.cloud import models as m
 from cloud_bridge.protocol import BridgeError
 
 __all__ = [
+    "AlertRow",
     "Batch",
     "CloudDB",
     "CloudDBError",
@@ -41,6 +42,7 @@ __all__ = [
     "GatewayRow",
     "NewUplink",
     "PushRow",
+    "ReceiptRow",
     "SecurityEventRow",
     "ShadowRow",
     "UplinkRow",
@@ -201,6 +203,40 @@ def _gateway_row(g: m.Gateway, devices: int = 0) -> GatewayRow:
     )
 
 
+@dataclass(slots=True)
+class AlertRow:
+    id: str
+    envelope_id: str
+    alert: dict[str, Any]
+    priority: int
+    msg_type: str
+    status: str
+    targets: list[str]
+    expected: list[str]
+    created_at: datetime
+    expires_at: datetime
+    accepted_at: datetime
+    state: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
+    alert_id: str
+    gateway_id: str
+    stage: str
+    device: str | None
+    ts: datetime
+    received_at: datetime
+    detail: dict[str, Any]
+
+
+def _alert_row(a: m.CloudAlert) -> AlertRow:
+    return AlertRow(
+        a.id, a.envelope_id, dict(a.alert), a.priority, a.msg_type, a.status, list(a.targets),
+        list(a.expected), a.created_at, a.expires_at, a.accepted_at, a.state,
+    )  # fmt: skip
+
+
 def _shadow_row(s: m.DeviceShadow) -> ShadowRow:
     return ShadowRow(s.gateway_id, s.device_id, s.info, dict(s.state or {}), s.online, s.updated_at)
 
@@ -343,6 +379,24 @@ class Batch:
                         envelope_id=e.envelope_id,
                     )
                     for e in events
+                ],
+                using_db=self._conn,
+            )
+
+    async def add_receipts(self, receipts: Sequence[ReceiptRow]) -> None:
+        if receipts:
+            await m.AlertReceipt.bulk_create(
+                [
+                    m.AlertReceipt(
+                        alert_id=r.alert_id,
+                        gateway_id=r.gateway_id,
+                        stage=r.stage,
+                        device=r.device,
+                        ts=r.ts,
+                        received_at=r.received_at,
+                        detail=r.detail,
+                    )
+                    for r in receipts
                 ],
                 using_db=self._conn,
             )
@@ -668,6 +722,44 @@ class CloudDB:
         rows = await m.ServicePush.all().order_by("-created_at").limit(limit)
         return [
             PushRow(p.id, dict(p.target), dict(p.service), list(p.topics), p.kid, p.created_at) for p in rows
+        ]
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    async def add_alert(self, row: AlertRow) -> None:
+        self._check()
+        await m.CloudAlert.update_or_create(
+            id=row.id,
+            defaults={
+                "envelope_id": row.envelope_id, "alert": row.alert, "priority": row.priority,
+                "msg_type": row.msg_type, "status": row.status, "targets": row.targets,
+                "expected": row.expected, "created_at": row.created_at, "expires_at": row.expires_at,
+                "state": row.state, "accepted_at": row.accepted_at,
+            },
+        )  # fmt: skip
+
+    async def alert(self, alert_id: str) -> AlertRow | None:
+        self._check()
+        a = await m.CloudAlert.get_or_none(id=alert_id)
+        return _alert_row(a) if a is not None else None
+
+    async def alerts(self, *, active_only: bool = False, limit: int = 100) -> list[AlertRow]:
+        self._check()
+        q = m.CloudAlert.all()
+        if active_only:
+            q = q.filter(state="active")
+        return [_alert_row(a) for a in await q.order_by("-created_at").limit(limit)]
+
+    async def set_alert_state(self, alert_ids: Iterable[str], state: str) -> int:
+        self._check()
+        return int(await m.CloudAlert.filter(id__in=list(alert_ids)).update(state=state))
+
+    async def receipts(self, alert_id: str) -> list[ReceiptRow]:
+        self._check()
+        rows = await m.AlertReceipt.filter(alert_id=alert_id).order_by("n")
+        return [
+            ReceiptRow(r.alert_id, r.gateway_id, r.stage, r.device, r.ts, r.received_at, dict(r.detail or {}))
+            for r in rows
         ]
 
     # -- security events -----------------------------------------------------------------------

@@ -121,3 +121,39 @@ class SecurityEvent(Model):
 
     class Meta:
         table = "security_events"
+
+
+class CloudAlert(Model):
+    """An emergency alert the operator sent, with the gateways it was meant for."""
+
+    id = fields.CharField(max_length=64, primary_key=True)  # CAP identity (sender, identifier, sent)
+    envelope_id = fields.CharField(max_length=64)
+    alert: fields.JSONField[dict[str, Any]] = fields.JSONField()  # the normalized alert
+    priority = fields.IntField()
+    msg_type = fields.CharField(max_length=16)
+    status = fields.CharField(max_length=16)
+    targets: fields.JSONField[list[str]] = fields.JSONField()  # region codes, or ["all"]
+    expected: fields.JSONField[list[str]] = fields.JSONField()  # gateways in those regions when sent
+    created_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()
+    state = fields.CharField(max_length=16, default="active")  # active, cancelled, updated, expired
+    accepted_at = fields.DatetimeField()  # when the operator API accepted it (latency stage 0)
+
+    class Meta:
+        table = "alerts"
+
+
+class AlertReceipt(Model):
+    """One stage of one alert at one gateway (and device): received, displayed, spoken, ..."""
+
+    n = fields.BigIntField(primary_key=True)
+    alert_id = fields.CharField(max_length=64, db_index=True)
+    gateway_id = fields.CharField(max_length=48)
+    stage = fields.CharField(max_length=16)
+    device = fields.CharField(max_length=128, null=True)
+    ts = fields.DatetimeField()
+    received_at = fields.DatetimeField()
+    detail: fields.JSONField[dict[str, Any]] = fields.JSONField(default=dict)
+
+    class Meta:
+        table = "alert_receipts"

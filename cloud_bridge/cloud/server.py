@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from cloud_bridge.ca import CertificateAuthority, write_private
 from cloud_bridge.cloud import CLOUD_JSON, DEFAULT_HTTP, DEFAULT_PUBLIC_HOST, ROLES
+from cloud_bridge.cloud.alerts import AlertDesk
 from cloud_bridge.cloud.api import ApiContext, Tokens, create_app
 from cloud_bridge.cloud.broker import CLOUD_CLIENT_CN, BrokerTls, CloudBroker, write_acl
 from cloud_bridge.cloud.db import CloudDB, redact_url, sqlite_url
@@ -272,6 +273,7 @@ class Cloud:
             )
             self.service = service
             service.attach()
+            desk = AlertDesk(db, service)
             host, port = http_sock.getsockname()[:2]
             shown = s.public_host if host in ("0.0.0.0", "::") else host  # noqa: S104
             self.api_url = f"http://{_url_host(shown)}:{port}"
@@ -285,6 +287,7 @@ class Cloud:
                     api_url=self.api_url,
                     gateways_changed=self.apply_acl,
                     mqtt_connected=lambda: mqtt.connected,
+                    alerts=desk,
                 )
             )
             http_ready = asyncio.Event()
@@ -292,6 +295,7 @@ class Cloud:
             async with asyncio.TaskGroup() as tg:
                 tasks.append(tg.create_task(mqtt.run(), name="cloud-mqtt"))
                 tasks.append(tg.create_task(service.run_writer(), name="uplink-writer"))
+                tasks.append(tg.create_task(desk.run(), name="alert-resend"))
                 tasks.append(tg.create_task(serve(app, http_sock, ready=http_ready), name="http"))
                 await self._announce_ready(mqtt, http_ready)
                 await self._stop.wait()

@@ -43,6 +43,7 @@ from cloud_bridge.cloud.db import (
     CloudDBError,
     NewUplink,
     PushRow,
+    ReceiptRow,
     SecurityEventRow,
     ShadowRow,
 )
@@ -234,6 +235,8 @@ class _Outcome:
     acks: dict[str, list[str]] = field(default_factory=dict)
     replies: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     trust_n: dict[str, int] = field(default_factory=dict)
+    online: set[str] = field(default_factory=set)  # gateways whose presence just said online
+    receipts: list[ReceiptRow] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -321,6 +324,8 @@ class CloudService:
         self._unsubscribe: list[Callable[[], None]] = []
         self._peer_log = _PeerLog()
         self.stats = ServiceStats()
+        #: Called after every commit with (gateways that came online, receipts stored).
+        self.listeners: list[Callable[[set[str], list[ReceiptRow]], None]] = []
 
     # -- inbound ----------------------------------------------------------------------------
 
@@ -487,11 +492,18 @@ class CloudService:
                     await self._reply(tx, item, out)
                 elif env.type == "security":
                     events.append(_security_event(item))
+                elif env.type == "receipt":
+                    receipt = _receipt(item)
+                    if receipt is not None:
+                        out.receipts.append(receipt)
             await self._merge_telemetry(tx, telemetry)
             await tx.add_security_events(events)
+            await tx.add_receipts(out.receipts)
             await tx.seen(seen)
             for p in presence.values():
                 await tx.presence(p.gateway_id, online=p.online, at=p.at)
+                if p.online:
+                    out.online.add(p.gateway_id)
             if hellos and len(self.keys.active) > 1:
                 stale = await tx.trust_n(hellos)
                 out.trust_n = {gw: n for gw, n in stale.items() if n < self.keys.current.n}
@@ -581,6 +593,11 @@ class CloudService:
             fut = self._pending.get(command_id)
             if fut is not None and not fut.done():
                 fut.set_result(payload)
+        for listener in self.listeners:
+            try:
+                listener(out.online, out.receipts)
+            except Exception:  # a listener's bug must not stop the writer
+                log.exception("cloud listener failed")
 
     async def _trust_catch_up(self, stale: dict[str, int]) -> None:
         """A gateway that missed a rotation (offline at the time) gets the keys it lacks at its
@@ -731,6 +748,21 @@ def _record(up: _Up) -> NewUplink:
         seq=seq if isinstance(seq, int) and not isinstance(seq, bool) and abs(seq) <= _MAX_SEQ else None,
         payload=payload,
     )
+
+
+def _receipt(up: _Up) -> ReceiptRow | None:
+    p = up.envelope.payload
+    alert_id, stage = p.get("alert_id"), p.get("stage")
+    if not isinstance(alert_id, str) or not isinstance(stage, str) or len(alert_id) > 64 or len(stage) > 16:
+        return None
+    device = p.get("device") if isinstance(p.get("device"), str) else None
+    try:
+        ts = parse_ts(str(p.get("ts") or up.envelope.ts))
+    except ValueError:
+        ts = up.received_at
+    detail = {k: v for k, v in p.items() if k not in ("alert_id", "stage", "device", "ts")}
+    device = device[:128] if device else None
+    return ReceiptRow(alert_id, up.gateway_id, stage, device, ts, up.received_at, detail)
 
 
 def _security_event(up: _Up) -> SecurityEventRow:
