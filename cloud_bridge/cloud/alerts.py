@@ -38,7 +38,7 @@ class AlertTargetError(BridgeError):
 def minimal_regions(codes: Iterable[str]) -> list[str]:
     """Drop codes covered by a shorter one (2101 is inside 21): a gateway subscribed to both
     levels must get the alert once, not twice."""
-    unique = sorted(set(codes), key=len)
+    unique = sorted(set(codes), key=lambda c: (len(c), c))
     kept: list[str] = []
     for code in unique:
         if not any(code.startswith(k) for k in kept):
@@ -179,8 +179,8 @@ class AlertDesk:
             if g is None:  # a gateway moved into the region after the alert went out
                 g = per[r.gateway_id] = {**_blank(r.gateway_id), "unexpected": True}
             if r.stage == "received":
-                g["received"] = _iso(r.ts)
-                g["result"] = r.detail.get("result")
+                g["received"] = g["received"] or _iso(r.ts)  # the first one counts
+                g["result"] = g["result"] or r.detail.get("result")
             elif r.stage in _PRESENTED and r.device:
                 g[r.stage].append({"device": r.device, "ts": _iso(r.ts)})
             elif r.stage == "acknowledged":

@@ -227,6 +227,10 @@ class AlertService:
             return "rejected"
         if alert_id in self._active or await self._registry.alert_exists(alert_id):
             self._count("duplicate")
+            if not local:
+                # The cloud sends again what it has no receipt for: the first one may have been
+                # lost to a crash between keeping the alert and queueing its receipt.
+                await self._send_receipt(alert_id, "received", level=level, result="duplicate")
             return "duplicate"
         reason = await self._registry.tombstone(alert_id)
         if reason is not None:
