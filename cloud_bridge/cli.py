@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud_bridge.cloud import CLOUD_JSON, DEFAULT_HTTP, DEFAULT_PUBLIC_HOST, ROLES, default_data_dir
+from cloud_bridge.examples import rainstorm_alert
 from cloud_bridge.protocol import BridgeError
 from gateway import __version__
 from gateway.errors import GatewayError
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         "--public-host", default=DEFAULT_PUBLIC_HOST, help="host name gateways use to reach the cloud"
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)  # a listening socket (gateway demo)
 
     p = sub.add_parser("workorder", help="work orders for installers")
     wsub = p.add_subparsers(dest="action", required=True)
@@ -120,12 +123,19 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("alert", help="emergency alerts (应急广播)")
     asub = p.add_subparsers(dest="action", required=True)
-    a = asub.add_parser("send", help="send a CAP 1.2 alert (XML or JSON file)")
-    a.add_argument("file", type=Path, metavar="FILE")
+    a = asub.add_parser("send", help="send a CAP 1.2 alert (XML or JSON file; - reads stdin)")
+    a.add_argument("file", metavar="FILE")
     a.add_argument(
         "--region", action="append", metavar="CODE", help="target region (repeatable; default: CAP geocodes)"
     )
     _client_options(a)
+    a = asub.add_parser(
+        "example",
+        help="print a ready-to-send rainstorm warning (times now): cloud alert example | cloud alert send -",
+    )
+    a.add_argument("--colour", choices=["blue", "yellow", "orange", "red"], default="orange")
+    a.add_argument("--region", default="210102", metavar="CODE", help="行政区划代码 (default 210102)")
+    a.add_argument("--drill", action="store_true", help="status Exercise: a drill, labelled as such")
     a = asub.add_parser("list", help="alerts sent, newest first")
     a.add_argument("--active", action="store_true", help="only alerts still in force")
     _client_options(a)
@@ -167,7 +177,8 @@ def _serve(args: argparse.Namespace, data_dir: Path, environ: Mapping[str, str])
         public_host=args.public_host,
     )
     try:
-        asyncio.run(Cloud(settings).run())
+        sock = socket.socket(fileno=args.http_fd) if args.http_fd is not None else None
+        asyncio.run(Cloud(settings, http_socket=sock).run())
     except (BridgeError, GatewayError) as exc:
         log.error("%s", exc)
         return 1
@@ -289,7 +300,7 @@ def _gateways_table(rows: list[dict[str, Any]]) -> None:
 def _alert_command(args: argparse.Namespace, client: _Client) -> int:
     if args.action == "send":
         try:
-            raw = args.file.read_bytes()
+            raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read the alert from {args.file}: {exc}") from exc
         kind = "application/json" if raw.lstrip()[:1] in (b"{", b"[") else "application/cap+xml"
@@ -433,6 +444,14 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     f"no {args.role} token in {data_dir / 'tokens'}: run `cloud serve` once "
                     "(it creates the tokens), or pass --data-dir"
                 ) from exc
+            return 0
+        if args.command == "alert" and args.action == "example":
+            kind = "Exercise" if args.drill else "Actual"
+            try:
+                xml = rainstorm_alert(args.colour, args.region, status=kind)
+            except ValueError as exc:
+                raise CliError(str(exc)) from exc
+            sys.stdout.write(xml.decode())
             return 0
         return _client_command(args, data_dir, env)
     except CliError as exc:
