@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "--public-host", default=DEFAULT_PUBLIC_HOST, help="host name gateways use to reach the cloud"
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)  # a listening socket (gateway demo)
+    # Listening sockets to serve the API on, instead of --http (gateway demo: host and namespace).
+    p.add_argument("--http-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
 
     p = sub.add_parser("workorder", help="work orders for installers")
     wsub = p.add_subparsers(dest="action", required=True)
@@ -177,8 +178,8 @@ def _serve(args: argparse.Namespace, data_dir: Path, environ: Mapping[str, str])
         public_host=args.public_host,
     )
     try:
-        sock = socket.socket(fileno=args.http_fd) if args.http_fd is not None else None
-        asyncio.run(Cloud(settings, http_socket=sock).run())
+        socks = [socket.socket(fileno=fd) for fd in args.http_fd]
+        asyncio.run(Cloud(settings, http_sockets=socks).run())
     except (BridgeError, GatewayError) as exc:
         log.error("%s", exc)
         return 1

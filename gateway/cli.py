@@ -77,7 +77,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the table once a second instead of a live view",
     )
+    p.add_argument(
+        "--cloud-port", type=int, default=8090, help="reference cloud API port on 127.0.0.1 (0 = any)"
+    )
+    p.add_argument(
+        "--alert-after",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="send an orange rainstorm warning through the cloud this long after start (0 = never)",
+    )
     p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)  # inside the demo's namespace
+    p.add_argument("--cloud-fd", type=int, help=argparse.SUPPRESS)
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(dest="config_command", required=True)
@@ -129,9 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_demo(
                     http_port=args.http_port,
+                    cloud_port=args.cloud_port,
+                    alert_after_s=args.alert_after,
                     duration_s=args.duration,
                     live=not args.no_live,
                     http_fd=args.http_fd,
+                    cloud_fd=args.cloud_fd,
                 )
             )
         if args.command == "config":

@@ -2,11 +2,14 @@
 
 The outer process opens the HTTP listening socket on the host (so a browser on this machine
 reaches the TV menu), then re-runs itself inside a private user + network namespace
-(gateway/netns.py) with that socket passed in. Inside: a private Mosquitto, the simulated
+(gateway/netns.py) with that socket passed in, and the reference cloud's API socket too.
+Inside: the reference cloud (its API, its TLS broker), a private Mosquitto, the simulated
 household (MQTT devices, and TVs, speakers and CoAP devices on their own 127.0.0.x addresses
-announcing themselves by multicast) and the gateway. Every child dies with the demo; Ctrl-C
-stops everything. The table is built from the gateway's public MQTT topics, as any LAN
-client would see them.
+announcing themselves by multicast) and the gateway, provisioned with a work order as an
+installer would. A while after start the demo sends an orange rainstorm warning through the
+operator API, and shows its delivery receipts. Every child dies with the demo; Ctrl-C stops
+everything. The table is built from the gateway's public MQTT topics, as any LAN client would
+see them.
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
+from cloud_bridge.examples import rainstorm_alert
 from gateway.broker import PrivateBroker
+from gateway.errors import GatewayError
 from gateway.mqtt import Message, MqttClient
 from gateway.netns import enter_command, in_private_netns
 from gateway.procs import Child, die_with_parent
@@ -39,7 +46,9 @@ from gateway.web import bind
 __all__ = ["DEMO_GATEWAY_ID", "run_demo"]
 
 DEMO_GATEWAY_ID = "demo"
+DEMO_REGION = "210102"  # 辽宁省沈阳市和平区
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_ALERT_POLL_S = 1.0
 
 
 class _View:
@@ -49,6 +58,7 @@ class _View:
         self.devices: dict[str, dict[str, Any]] = {}
         self.status = "?"
         self.events: list[str] = []
+        self.alert = ""
 
     def on_message(self, msg: Message) -> None:
         parts = msg.topic.split("/")
@@ -84,6 +94,8 @@ class _View:
         )
         parts: list[Any] = [Panel(header, title="北方云家庭网关 演示 Beifang Home Gateway demo"), status]
         parts.append(devices_table(rows, title=f"设备 Devices ({len(rows)})"))
+        if self.alert:
+            parts.append(Text(self.alert, style="bold"))
         if self.events:
             parts.append(Text("最近事件 Recent events:\n" + "\n".join(self.events), style="dim"))
         parts.append(Text("Ctrl-C 退出 to stop", style="dim"))
@@ -96,24 +108,44 @@ def _self_cmd(tool: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    duration_s: float | None
+    live: bool
+    alert_after_s: float
+
+
 async def run_demo(
     *,
     http_port: int = 8080,
+    cloud_port: int = 8090,
+    alert_after_s: float = 20.0,
     duration_s: float | None = None,
     live: bool = True,
     http_fd: int | None = None,
+    cloud_fd: int | None = None,
 ) -> int:
-    """Outside a private namespace: open the HTTP socket and re-run inside one."""
+    """Outside a private namespace: open the HTTP sockets and re-run inside one."""
+    options = _Options(duration_s, live, alert_after_s)
     if http_fd is not None or in_private_netns():
         sock = socket.socket(fileno=http_fd) if http_fd is not None else bind("127.0.0.1", http_port)
-        return await _inside(sock, duration_s=duration_s, live=live)
+        cloud = socket.socket(fileno=cloud_fd) if cloud_fd is not None else bind("127.0.0.1", cloud_port)
+        return await _inside(sock, cloud, options)
     console = Console()
-    try:
-        sock = bind("127.0.0.1", http_port)
-    except OSError as exc:
-        console.print(f"[red]cannot listen on 127.0.0.1:{http_port}: {exc.strerror}; try --http-port 0[/red]")
-        return 2
-    argv = [*_self_cmd("gateway"), "demo", "--http-fd", str(sock.fileno())]
+    socks: list[socket.socket] = []
+    for what, port, flag in (("gateway", http_port, "--http-port"), ("cloud", cloud_port, "--cloud-port")):
+        try:
+            socks.append(bind("127.0.0.1", port))
+        except OSError as exc:
+            console.print(
+                f"[red]cannot listen on 127.0.0.1:{port} for the {what}: {exc.strerror}; try {flag} 0[/red]"
+            )
+            for opened in socks:
+                opened.close()
+            return 2
+    sock, cloud = socks
+    argv = [*_self_cmd("gateway"), "demo", "--http-fd", str(sock.fileno()), "--cloud-fd", str(cloud.fileno())]
+    argv += ["--alert-after", str(alert_after_s)]
     if duration_s is not None:
         argv += ["--duration", str(duration_s)]
     if not live:
@@ -121,13 +153,14 @@ async def run_demo(
     loop = asyncio.get_running_loop()
     proc = await asyncio.create_subprocess_exec(
         *enter_command(argv),
-        pass_fds=[sock.fileno()],
+        pass_fds=[sock.fileno(), cloud.fileno()],
         preexec_fn=die_with_parent,
     )
     sock.close()
-    # Ctrl-C reaches the whole process group; the inner demo does the stopping.
+    cloud.close()
+    # The inner demo does the stopping: pass the signal on (Ctrl-C reaches it twice; harmless).
     for sig in _SIGNALS:
-        loop.add_signal_handler(sig, lambda: None)
+        loop.add_signal_handler(sig, _forward, proc, sig)
     try:
         return await proc.wait()
     finally:
@@ -136,7 +169,12 @@ async def run_demo(
                 loop.remove_signal_handler(sig)
 
 
-async def _inside(sock: socket.socket, *, duration_s: float | None, live: bool) -> int:
+def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+
+
+async def _inside(sock: socket.socket, cloud_sock: socket.socket, options: _Options) -> int:
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
     stop = asyncio.Event()
@@ -144,16 +182,23 @@ async def _inside(sock: socket.socket, *, duration_s: float | None, live: bool) 
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     children: list[Child] = []
+    # The cloud's API inside the namespace, for the gateway's provisioning (the host socket
+    # is for the operator's browser and CLI).
+    inner = bind("127.0.0.1", 0)
     try:
         async with PrivateBroker(workdir=workdir / "broker") as broker:
             console.print(f"[dim]broker {broker.url}, logs in {workdir}[/dim]")
             try:
-                await _demo(broker, sock, workdir, children, console, stop, duration_s, live=live)
+                await _demo(broker, sock, (cloud_sock, inner), workdir, children, console, stop, options)
+            except GatewayError as exc:
+                console.print(f"[red]demo failed: {exc}[/red]")
+                return 1
             finally:
                 for child in reversed(children):
                     await child.stop()
     finally:
-        sock.close()
+        for s in (sock, cloud_sock, inner):
+            s.close()
         shutil.rmtree(workdir, ignore_errors=True)
         for sig in _SIGNALS:
             with contextlib.suppress(RuntimeError):
@@ -162,34 +207,114 @@ async def _inside(sock: socket.socket, *, duration_s: float | None, live: bool) 
     return 0
 
 
-def _header(port: int, broker: PrivateBroker, workdir: Path) -> str:
+def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path) -> str:
     enter = f"nsenter --target {os.getpid()} --user --net --preserve-credentials"
+    cloud_dir = workdir / "cloud"
     return "\n".join(
         [
-            f"TV menu 电视菜单:   http://127.0.0.1:{port}/",
-            f"Gateway API:       http://127.0.0.1:{port}/api/v1/devices  (OpenAPI /openapi.json)",
+            f"TV menu 电视菜单:       http://127.0.0.1:{port}/",
+            f"Gateway API 网关接口:   http://127.0.0.1:{port}/api/v1/devices  (OpenAPI /openapi.json)",
+            f"Operator API 运营商接口: http://127.0.0.1:{cloud_port}/docs",
+            f"  token:                cloud --data-dir {cloud_dir} token show operator",
+            "Send an alert 发送预警:",
+            f"  cloud alert example --colour red | cloud --data-dir {cloud_dir} alert send -",
             "The home LAN is a private network namespace; to look inside from another terminal:",
             f"  {enter} mosquitto_sub -p {broker.port} -t 'home/#' -v",
             f"  {enter} coap-client-notls -m get coap://127.0.0.21/3303/0",
             f"  {enter} dig -p 5353 @127.0.0.31 _services._dns-sd._udp.local PTR",
-            f"Logs 日志:          {workdir}",
+            f"Logs 日志:              {workdir}",
         ]
+    )  # fmt: skip
+
+
+async def _run_tool(argv: list[str], what: str) -> str:
+    """Run one of our CLIs to completion; its stdout, or GatewayError with its stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=die_with_parent
     )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise GatewayError(f"{what} failed: {err.decode(errors='replace').strip()[-500:]}")
+    return out.decode()
+
+
+async def _start_cloud(
+    cloud_socks: tuple[socket.socket, socket.socket], workdir: Path, children: list[Child]
+) -> tuple[Path, str]:
+    """The reference cloud, and a work order for this home; (data dir, inner API URL)."""
+    data = workdir / "cloud"
+    fds = [str(s.fileno()) for s in cloud_socks]
+    cloud = Child(
+        "cloud",
+        [*_self_cmd("cloud"), "--data-dir", str(data), "serve", "--http-fd", fds[0], "--http-fd", fds[1]],
+        log_path=workdir / "cloud.log",
+        ready=r"cloud ready",
+        pass_fds=[s.fileno() for s in cloud_socks],
+    )
+    await cloud.start(timeout_s=30)
+    children.append(cloud)
+    return data, f"http://127.0.0.1:{cloud_socks[1].getsockname()[1]}"
+
+
+async def _provision(data: Path, api: str, state_dir: Path) -> None:
+    """What the installer does on site: a work order from the operator, then `gateway provision`."""
+    order = json.loads(
+        await _run_tool(
+            [*_self_cmd("cloud"), "--data-dir", str(data), "workorder", "create", "--cloud", api,
+             "--household", "演示家庭 demo home", "--region", DEMO_REGION, "--json"],
+            "work order",
+        )
+    )  # fmt: skip
+    await _run_tool(
+        [*_self_cmd("gateway"), "provision", "--cloud", api, "--code", order["code"],
+         "--id", DEMO_GATEWAY_ID, "--state-dir", str(state_dir)],
+        "provisioning",
+    )  # fmt: skip
+
+
+async def _alert(api: str, token: str, view: _View, after_s: float) -> None:
+    """Send an orange rainstorm warning through the operator API, then follow its receipts."""
+    await asyncio.sleep(after_s)
+    async with httpx.AsyncClient(
+        base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=10, trust_env=False
+    ) as client:
+        resp = await client.post(
+            "/v1/alerts",
+            content=rainstorm_alert("orange", DEMO_REGION),
+            headers={"Content-Type": "application/cap+xml"},
+        )
+        if resp.status_code != 201:
+            view.alert = f"应急广播 alert not accepted: {resp.status_code} {resp.text[:200]}"
+            return
+        alert_id = resp.json()["id"]
+        while True:
+            st = (await client.get(f"/v1/alerts/{alert_id}")).json()
+            cov = st["coverage"]
+            view.alert = (
+                f"应急广播 Emergency alert: {st['headline']} — 网关 gateways {cov['gateways_received']}/"
+                f"{cov['gateways_expected']}, 屏幕和音箱 screens and speakers "
+                f"{cov['devices_presented']}/{cov['devices_known']}  (cloud alert status {alert_id})"
+            )
+            await asyncio.sleep(_ALERT_POLL_S)
 
 
 async def _demo(
     broker: PrivateBroker,
     sock: socket.socket,
+    cloud_socks: tuple[socket.socket, socket.socket],
     workdir: Path,
     children: list[Child],
     console: Console,
     stop: asyncio.Event,
-    duration_s: float | None,
-    *,
-    live: bool,
+    options: _Options,
 ) -> None:
     loop = asyncio.get_running_loop()
     port = sock.getsockname()[1]
+    state_dir = workdir / "state"
+    with console.status("starting the reference cloud 北方云 …"):
+        cloud_data, cloud_api = await _start_cloud(cloud_socks, workdir, children)
+    with console.status("provisioning the gateway with a work order …"):
+        await _provision(cloud_data, cloud_api, state_dir)
     household = Child(
         "household",
         [*_self_cmd("firmware-sim"), "household", "--mqtt", broker.url, "--tele-period", "5"],
@@ -204,7 +329,7 @@ async def _demo(
     gateway = Child(
         "gateway",
         [
-            *_self_cmd("gateway"), "run", "--mqtt", broker.url, "--state-dir", str(workdir / "state"),
+            *_self_cmd("gateway"), "run", "--mqtt", broker.url, "--state-dir", str(state_dir),
             "--id", DEMO_GATEWAY_ID, "--http-fd", str(sock.fileno()),
         ],
         log_path=workdir / "gateway.log",
@@ -216,23 +341,34 @@ async def _demo(
         with console.status(f"starting {child.name} …"):
             await child.start(timeout_s=30)
         children.append(child)
-    header = _header(port, broker, workdir)
+    header = _header(port, cloud_socks[0].getsockname()[1], broker, workdir)
     view = _View()
     watcher = MqttClient(host=broker.host, port=broker.port, client_id="demo-viewer", name="demo-viewer")
     watcher.subscribe(f"home/{DEMO_GATEWAY_ID}/#", view.on_message)
+    token = (cloud_data / "tokens" / "operator.token").read_text().strip()
     async with asyncio.TaskGroup() as tg:
         watch_task = tg.create_task(watcher.run(), name="demo-viewer")
-        deadline = loop.time() + duration_s if duration_s else None
-        if live and console.is_terminal:
+        side = [watch_task]
+        if options.alert_after_s > 0:
+            side.append(
+                tg.create_task(_alert(cloud_api, token, view, options.alert_after_s), name="demo-alert")
+            )
+        deadline = loop.time() + options.duration_s if options.duration_s else None
+        if options.live and console.is_terminal:
             with Live(view.render(header), console=console, refresh_per_second=2) as live_view:
                 while not await _wait(stop, 0.5, deadline, loop):
                     live_view.update(view.render(header))
         else:
             console.print(header)
+            shown = ""
             while not await _wait(stop, 2.0, deadline, loop):
                 console.print(view.render(header).renderables[2])
+                if view.alert != shown:
+                    shown = view.alert
+                    console.print(shown)
         await watcher.close()
-        watch_task.cancel()
+        for task in side:
+            task.cancel()
     console.print("stopping …")
 
 

@@ -226,19 +226,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: FastAPI, sock: socket.socket, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until cancelled, then close connections gracefully (bounded)."""
+async def serve(app: FastAPI, *socks: socket.socket, ready: asyncio.Event | None = None) -> None:
+    """Serve on every one of `socks` until cancelled, then close connections gracefully (bounded)."""
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
     )
     server = _Server(config)
     config.load()
     server.lifespan = config.lifespan_class(config)
-    await server.startup(sockets=[sock])
+    await server.startup(sockets=list(socks))
     if ready is not None:
         ready.set()
     try:
         await asyncio.Future()
     finally:
         server.force_exit = True
-        await asyncio.shield(server.shutdown(sockets=[sock]))
+        await asyncio.shield(server.shutdown(sockets=list(socks)))

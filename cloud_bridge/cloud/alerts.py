@@ -191,22 +191,21 @@ class AlertDesk:
                 g["suppressed"] = r.detail.get("reason", "")
         expected = len(row.expected)
         received = sum(1 for gw in row.expected if per[gw]["received"])
-        devices_known = 0
+        presented = {(g["id"], d["device"]) for g in per.values() for stage in _PRESENTED for d in g[stage]}
+        known = set(presented)  # a device that presented it is known even before its shadow arrives
         for gw in row.expected:
             for shadow in await self._db.devices(gw):
-                kind = (shadow.info or {}).get("kind")
-                settable = (shadow.info or {}).get("settable") or []
-                if kind == "tv" or "say" in settable:
-                    devices_known += 1
-        presented = {(g["id"], d["device"]) for g in per.values() for stage in _PRESENTED for d in g[stage]}
-        info = (row.alert.get("infos") or [{}])[0]
+                info = shadow.info or {}
+                if info.get("kind") == "tv" or "say" in (info.get("settable") or []):
+                    known.add((gw, shadow.device_id))
+        first = (row.alert.get("infos") or [{}])[0]
         return {
             "id": row.id,
             "state": row.state,
             "msg_type": row.msg_type,
             "status": row.status,
             "priority": row.priority,
-            "headline": info.get("headline") or info.get("event"),
+            "headline": first.get("headline") or first.get("event"),
             "targets": row.targets,
             "accepted_at": _iso(row.accepted_at),
             "created_at": _iso(row.created_at),
@@ -217,8 +216,8 @@ class AlertDesk:
                 "gateways_expected": expected,
                 "gateways_received": received,
                 "gateway_share": round(received / expected, 4) if expected else None,
-                "devices_known": devices_known,
+                "devices_known": len(known),
                 "devices_presented": len(presented),
-                "device_share": round(len(presented) / devices_known, 4) if devices_known else None,
+                "device_share": round(len(presented) / len(known), 4) if known else None,
             },
         }

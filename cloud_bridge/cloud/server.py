@@ -22,6 +22,7 @@ import secrets
 import signal
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -168,9 +169,11 @@ def _write_json(path: Path, value: dict[str, object]) -> None:
 class Cloud:
     """The whole reference cloud. `await Cloud(settings).run()` until `stop()` or a signal."""
 
-    def __init__(self, settings: CloudSettings, *, http_socket: socket.socket | None = None) -> None:
+    def __init__(self, settings: CloudSettings, *, http_sockets: Sequence[socket.socket] = ()) -> None:
+        """`http_sockets`: listening sockets to serve the API on instead of binding
+        `settings.http_listen`; the first one names the API in `api_url`."""
         self.settings = settings
-        self._http_socket = http_socket
+        self._http_sockets = list(http_sockets)
         self._stop = asyncio.Event()
         self._acl_lock = asyncio.Lock()
         self.ready = asyncio.Event()
@@ -185,12 +188,12 @@ class Cloud:
     def stop(self) -> None:
         self._stop.set()
 
-    def _open_http(self) -> socket.socket:
-        if self._http_socket is not None:
-            return self._http_socket
+    def _open_http(self) -> list[socket.socket]:
+        if self._http_sockets:
+            return self._http_sockets
         try:
             host, port = parse_host_port(self.settings.http_listen)
-            return bind(host, port)
+            return [bind(host, port)]
         except (ValueError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise CloudStartError(
@@ -204,7 +207,7 @@ class Cloud:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGTERM, self.stop)
                 loop.add_signal_handler(signal.SIGINT, self.stop)
-        http_sock: socket.socket | None = None
+        http_socks: list[socket.socket] = []
         try:
             try:
                 material = await asyncio.to_thread(_prepare, s.data_dir, s.public_host)
@@ -213,19 +216,20 @@ class Cloud:
                     f"cannot use data directory {s.data_dir}: {exc} (pass --data-dir or set CLOUD_DATA_DIR)"
                 ) from exc
             self.tokens = material.tokens
-            http_sock = self._open_http()
+            http_socks = self._open_http()
             async with CloudDB(s.database_url) as db:
                 self.db = db
-                await self._run(db, material, http_sock)
+                await self._run(db, material, http_socks)
         finally:
-            if http_sock is not None and self._http_socket is None:
-                http_sock.close()
+            if not self._http_sockets:
+                for sock in http_socks:
+                    sock.close()
             if s.handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     with contextlib.suppress(NotImplementedError, RuntimeError):
                         loop.remove_signal_handler(sig)
 
-    async def _run(self, db: CloudDB, material: _Material, http_sock: socket.socket) -> None:
+    async def _run(self, db: CloudDB, material: _Material, http_socks: list[socket.socket]) -> None:
         s = self.settings
         await asyncio.to_thread(write_acl, self.acl_path, await db.acl_entries())
         async with contextlib.AsyncExitStack() as stack:
@@ -274,7 +278,7 @@ class Cloud:
             self.service = service
             service.attach()
             desk = AlertDesk(db, service)
-            host, port = http_sock.getsockname()[:2]
+            host, port = http_socks[0].getsockname()[:2]
             shown = s.public_host if host in ("0.0.0.0", "::") else host  # noqa: S104
             self.api_url = f"http://{_url_host(shown)}:{port}"
             app = create_app(
@@ -296,7 +300,7 @@ class Cloud:
                 tasks.append(tg.create_task(mqtt.run(), name="cloud-mqtt"))
                 tasks.append(tg.create_task(service.run_writer(), name="uplink-writer"))
                 tasks.append(tg.create_task(desk.run(), name="alert-resend"))
-                tasks.append(tg.create_task(serve(app, http_sock, ready=http_ready), name="http"))
+                tasks.append(tg.create_task(serve(app, *http_socks, ready=http_ready), name="http"))
                 await self._announce_ready(mqtt, http_ready)
                 await self._stop.wait()
                 log.info("stopping")

@@ -115,16 +115,21 @@ def test_run_with_a_broken_config_fails_at_start_naming_the_key(tmp_path: Path) 
 @pytest.mark.skipif(not sys.stdout, reason="needs a stdout")
 def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "demo", "--http-port", "0", "--no-live", "--duration", "60"],
+        [sys.executable, "-m", "gateway.cli", "demo", "--http-port", "0", "--cloud-port", "0", "--no-live",
+         "--duration", "90", "--alert-after", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert proc.stdout is not None
     seen = []
+    table = alert = False
     try:
         for line in proc.stdout:
             seen.append(line)
             # The table shows live values of the simulated devices.
-            if "客厅灯" in line and ("开 on" in line or "关 off" in line):
+            table = table or ("客厅灯" in line and ("开 on" in line or "关 off" in line))
+            # The operator's alert went through the cloud to both TVs and both speakers.
+            alert = alert or bool(re.search(r"暴雨橙色预警.*gateways 1/1.*screens and speakers 4/4", line))
+            if table and alert:
                 break
         logs = next(line.split("logs in ")[1].strip() for line in seen if "logs in " in line)
         proc.send_signal(signal.SIGINT)
@@ -133,6 +138,7 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    assert table and alert, "".join(seen[-30:])
     assert proc.returncode == 0
     assert "nothing left running" in rest
     # No process of the demo survives it.
