@@ -50,8 +50,8 @@ class InfoWatch:
             self.states.append((now, parts[3], json.loads(msg.payload)))
         self.changed.set()
 
-    async def until(self, predicate: Any, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
+    async def until(self, predicate: Any, limit_s: float) -> None:
+        async with asyncio.timeout(limit_s):
             while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
@@ -79,10 +79,24 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
             }
             gateway = Child(
                 "gateway",
-                [sys.executable, "-m", "gateway.cli", "run", "--mqtt", broker.url, "--state-dir", f"{tmp}/state",
-                 "--id", GW, "--http", "127.0.0.1:0"],
-                log_path=Path(tmp) / "gateway.log", ready=r" ready: ", env=env,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway.cli",
+                    "run",
+                    "--mqtt",
+                    broker.url,
+                    "--state-dir",
+                    f"{tmp}/state",
+                    "--id",
+                    GW,
+                    "--http",
+                    "127.0.0.1:0",
+                ],
+                log_path=Path(tmp) / "gateway.log",
+                ready=r" ready: ",
+                env=env,
+            )
             await gateway.start()
             assert gateway.pid is not None
             await asyncio.sleep(3)
@@ -98,7 +112,12 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
 
                 # mDNS terminals.
                 tvs = [
-                    TvSimulator(address=f"127.0.1.{i + 1}", device_id=f"tv-bench{i:06d}", name=f"电视{i:02d}", keepalive_s=15)
+                    TvSimulator(
+                        address=f"127.0.1.{i + 1}",
+                        device_id=f"tv-bench{i:06d}",
+                        name=f"电视{i:02d}",
+                        keepalive_s=15,
+                    )
                     for i in range(n)
                 ]
                 started: dict[str, float] = {}
@@ -114,17 +133,24 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
 
                 tv_tasks = [tg.create_task(run_tv(tv)) for tv in tvs]
                 marks = [tg.create_task(mark_ready(tv)) for tv in tvs]
-                await watch.until(lambda: all(k in watch.first_info for k in started) and len(started) == n, 120)
+                await watch.until(
+                    lambda: all(k in watch.first_info for k in started) and len(started) == n, 120
+                )
                 await asyncio.gather(*marks)
                 mdns_total = [watch.first_info[k] - started[k] for k in started]
                 mdns_after = [watch.first_info[k] - announced[k] for k in started]
 
                 # CoAP devices (each on its own address).
                 coaps = [
-                    CoapDevice(kind="climate", address=f"127.0.2.{i + 1}", serial=f"BENCH-{i:06d}", name=f"温湿度{i:02d}",
-                               report_interval_s=120.0)
+                    CoapDevice(
+                        kind="climate",
+                        address=f"127.0.2.{i + 1}",
+                        serial=f"BENCH-{i:06d}",
+                        name=f"温湿度{i:02d}",
+                        report_interval_s=120.0,
+                    )
                     for i in range(n)
-                ]  # fmt: skip
+                ]
                 coap_started: dict[str, float] = {}
 
                 async def run_coap(dev: CoapDevice) -> None:
@@ -132,11 +158,19 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
                     await dev.run()
 
                 coap_tasks = [tg.create_task(run_coap(d)) for d in coaps]
-                await watch.until(lambda: len(coap_started) == n and all(k in watch.first_info for k in coap_started), 180)
+                await watch.until(
+                    lambda: len(coap_started) == n and all(k in watch.first_info for k in coap_started), 180
+                )
                 coap_total = [watch.first_info[k] - coap_started[k] for k in coap_started]
 
                 # Observe → state: flip a smoke detector's input; time to the gateway's state.
-                smoke = CoapDevice(kind="smoke", address="127.0.3.1", serial="BENCH-SMOKE", name="烟感", report_interval_s=120.0)
+                smoke = CoapDevice(
+                    kind="smoke",
+                    address="127.0.3.1",
+                    serial="BENCH-SMOKE",
+                    name="烟感",
+                    report_interval_s=120.0,
+                )
                 smoke_task = tg.create_task(smoke.run())
                 await watch.until(lambda: "coap-bench-smoke" in watch.first_info, 120)
                 await asyncio.sleep(1)
@@ -146,10 +180,17 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
                     t0 = time.perf_counter()
                     smoke.set_input(value)
                     await watch.until(
-                        lambda v=value, t=t0: any(ts > t and d == "coap-bench-smoke" and s.get("smoke") is v for ts, d, s in watch.states),
+                        lambda v=value, t=t0: any(
+                            ts > t and d == "coap-bench-smoke" and s.get("smoke") is v
+                            for ts, d, s in watch.states
+                        ),
                         10,
                     )
-                    t1 = next(ts for ts, d, s in watch.states if ts > t0 and d == "coap-bench-smoke" and s.get("smoke") is value)
+                    t1 = next(
+                        ts
+                        for ts, d, s in watch.states
+                        if ts > t0 and d == "coap-bench-smoke" and s.get("smoke") is value
+                    )
                     observe.append(t1 - t0)
 
                 await asyncio.sleep(3)
@@ -162,11 +203,37 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
                 tg.create_task(gateway.stop())
 
     ms = 1000
-    rows.append([f"mDNS: {n} terminals, start → info", f"{percentile(mdns_total, 50) * ms:.0f} / {percentile(mdns_total, 99) * ms:.0f} ms", "from the simulator's start, its own mDNS probing included"])
-    rows.append([f"CoAP: {n} devices, start → info", f"{percentile(coap_total, 50) * ms:.0f} / {percentile(coap_total, 99) * ms:.0f} ms", f"discovery every {coap_interval_s:g} s"])
-    rows.append(["CoAP Observe → state (40 changes)", f"{percentile(observe, 50) * ms:.1f} / {percentile(observe, 99) * ms:.1f} ms", ""])
-    rows.append(["resident memory: 0 / 2n devices", f"{empty_rss:.1f} / {full_rss:.1f} MB", f"{2 * n} devices"])
-    rows.append([f"idle CPU over {idle_s:g} s: 0 / 2n devices", f"{empty_cpu:.2f}% / {full_cpu:.2f}%", "one core = 100%"])
+    rows.append(
+        [
+            f"mDNS: {n} terminals, start → info",
+            f"{percentile(mdns_total, 50) * ms:.0f} / {percentile(mdns_total, 99) * ms:.0f} ms",
+            "from the simulator's start, its own mDNS probing included",
+        ]
+    )
+    rows.append(
+        [
+            f"CoAP: {n} devices, start → info",
+            f"{percentile(coap_total, 50) * ms:.0f} / {percentile(coap_total, 99) * ms:.0f} ms",
+            f"discovery every {coap_interval_s:g} s",
+        ]
+    )
+    rows.append(
+        [
+            "CoAP Observe → state (40 changes)",
+            f"{percentile(observe, 50) * ms:.1f} / {percentile(observe, 99) * ms:.1f} ms",
+            "",
+        ]
+    )
+    rows.append(
+        ["resident memory: 0 / 2n devices", f"{empty_rss:.1f} / {full_rss:.1f} MB", f"{2 * n} devices"]
+    )
+    rows.append(
+        [
+            f"idle CPU over {idle_s:g} s: 0 / 2n devices",
+            f"{empty_cpu:.2f}% / {full_cpu:.2f}%",
+            "one core = 100%",
+        ]
+    )
     show("Discovery (p50 / p99)", ["measure", "value", "note"], rows, info)
     save("discovery", {"machine": info, "rows": rows, "mdns_total": mdns_total, "mdns_after": mdns_after,
                        "coap_total": coap_total, "observe": observe})  # fmt: skip
@@ -175,7 +242,9 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=50, help="devices per protocol")
-    parser.add_argument("--coap-interval", type=float, default=5.0, help="gateway's CoAP discovery period (s)")
+    parser.add_argument(
+        "--coap-interval", type=float, default=5.0, help="gateway's CoAP discovery period (s)"
+    )
     parser.add_argument("--idle", type=float, default=20.0, help="idle CPU window (s)")
     a = parser.parse_args()
     asyncio.run(main(a.devices, a.coap_interval, a.idle))

@@ -55,7 +55,8 @@ async def gateway_client(port: int, n: int, *, buffered: bool) -> float:
         await c.wait_connected(5)
         await asyncio.sleep(0.2)  # SUBACK
         feeder = tg.create_task(_feed(port, n))
-        await asyncio.wait_for(done.wait(), 120)
+        async with asyncio.timeout(120):
+            await done.wait()
         rate = (n - 1) / (time.perf_counter() - t0)
         await feeder
         await c.close()
@@ -101,7 +102,8 @@ async def publish_rate(port: int, n: int, qos: int) -> float:
                     await asyncio.gather(*window)
                     window.clear()
             await asyncio.gather(*window)
-        await asyncio.wait_for(sub.wait(), 120)
+        async with asyncio.timeout(120):
+            await sub.wait()
         rate = n / (time.perf_counter() - t0)
         await c.close()
         task.cancel()

@@ -105,12 +105,14 @@ async def pipe_rate(
         while True:
             await pub_lines(port, pub_topic, line % -1 + b"\n")
             try:
-                await asyncio.wait_for(sub.stdout.readline(), 0.5)  # type: ignore[union-attr]
+                async with asyncio.timeout(0.5):
+                    await sub.stdout.readline()  # type: ignore[union-attr]
                 return
             except TimeoutError:
                 continue
 
-    await asyncio.wait_for(sync(), 20)
+    async with asyncio.timeout(20):
+        await sync()
     data = b"".join(line % i + b"\n" for i in range(n))
     t0 = time.perf_counter()
     pub = asyncio.create_task(pub_lines(port, pub_topic, data))
@@ -174,7 +176,8 @@ async def latency(
                 seq += 1
             await asyncio.sleep(0.001)
         try:
-            await asyncio.wait_for(done.wait(), 10)
+            async with asyncio.timeout(10):
+                await done.wait()
         except TimeoutError:
             pass
         await rx.close()
@@ -260,7 +263,8 @@ async def main(n: int, seconds: float, loads: list[int]) -> None:
                         b'{"energy": 1, "temperature": 21.5}',
                         retain=False,
                     )
-                await asyncio.wait_for(all_seen.wait(), 30)
+                async with asyncio.timeout(30):
+                    await all_seen.wait()
                 await watch.close()
                 wt.cancel()
             await asyncio.sleep(2.0)

@@ -352,7 +352,8 @@ class MqttFirmware(abc.ABC):
                 self._connected = False
                 link.closing = True
                 with contextlib.suppress(LinkDown, TimeoutError):
-                    await asyncio.wait_for(self.farewell(link), FAREWELL_TIMEOUT_S)
+                    async with asyncio.timeout(FAREWELL_TIMEOUT_S):
+                        await self.farewell(link)
                 self._log.info("%s: stopped", self._name)
                 raise
             finally:

@@ -139,7 +139,8 @@ class PrivateBroker:
                     err = await self._proc.stderr.read()
                 raise BrokerError(f"mosquitto exited at start: {err.decode(errors='replace').strip()}")
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 1.0)
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(self.host, self.port)
             except (OSError, TimeoutError):
                 await asyncio.sleep(0.02)
                 continue
@@ -173,13 +174,15 @@ class PrivateBroker:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill() if kill else proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
+                async with asyncio.timeout(_STOP_TIMEOUT_S):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
         if self._log_task is not None:
             with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(self._log_task, 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._log_task
             self._log_task = None
 
     async def __aenter__(self) -> PrivateBroker:

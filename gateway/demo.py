@@ -377,5 +377,6 @@ async def _wait(
 ) -> bool:
     """Wait one refresh step; True when it is time to stop."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), step_s)
+        async with asyncio.timeout(step_s):
+            await stop.wait()
     return stop.is_set() or (deadline is not None and loop.time() >= deadline)

@@ -270,7 +270,8 @@ class Hub:
         lock = self._device_locks.setdefault(device_id, asyncio.Lock())
         async with self._command_slots, lock:
             try:
-                await asyncio.wait_for(adapter.command(device_id, values), _COMMAND_TIMEOUT_S)
+                async with asyncio.timeout(_COMMAND_TIMEOUT_S):
+                    await adapter.command(device_id, values)
             except TimeoutError as exc:
                 raise DeviceError(device_id, "timeout", f"no answer within {_COMMAND_TIMEOUT_S:g} s") from exc
 
@@ -292,7 +293,8 @@ class Hub:
             while True:
                 timeout = max(0.0, next_state_flush - loop.time())
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
                 self._wake.clear()

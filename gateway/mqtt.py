@@ -190,6 +190,8 @@ class MqttClient:
         self._sock: _BufferedSocket | None = None
         self._connack: asyncio.Future[int] | None = None
         self._lost: asyncio.Future[str] | None = None
+        self._suback: asyncio.Future[None] | None = None
+        self._suback_mid = -1
         self.stats = MqttStats()
         self._last_error_log = 0.0
 
@@ -210,6 +212,7 @@ class MqttClient:
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         # on_publish is installed only while a QoS 1 publish awaits its PUBACK: paho calls it
         # for every QoS 0 packet written too, with two freshly built objects each time.
@@ -228,7 +231,8 @@ class MqttClient:
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until connected; BrokerError after `timeout_s`."""
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
         except TimeoutError as exc:
             raise BrokerError(
                 f"{self._name}: no connection to {self._host}:{self._port} after {timeout_s:g} s"
@@ -286,7 +290,8 @@ class MqttClient:
         """Publish at QoS 1 and wait for the broker's PUBACK; BrokerError on timeout."""
         fut = self._publish_future(topic, payload, retain=retain)
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(fut)
         except TimeoutError as exc:
             raise BrokerError(f"{self._name}: no PUBACK for {topic!r} within {timeout_s:g} s") from exc
 
@@ -339,11 +344,13 @@ class MqttClient:
             futures = [self._publish_future(t, p, retain=r) for t, p, r in final]
             if futures:
                 with contextlib.suppress(TimeoutError, BrokerError):
-                    await asyncio.wait_for(asyncio.gather(*futures), _CLOSE_TIMEOUT_S)
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await asyncio.gather(*futures)
             self._paho.disconnect()
             if self._lost is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self._lost), _CLOSE_TIMEOUT_S)
+                    async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                        await asyncio.shield(self._lost)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result("closed")
 
@@ -354,15 +361,16 @@ class MqttClient:
         self._connack = loop.create_future()
         self._lost = loop.create_future()
         # paho's connect resolves, connects and (for TLS) handshakes with blocking calls.
-        await asyncio.wait_for(loop.run_in_executor(None, self._blocking_connect), self._connect_timeout_s)
-        rc = await asyncio.wait_for(asyncio.shield(self._connack), self._connect_timeout_s)
+        async with asyncio.timeout(self._connect_timeout_s):
+            await loop.run_in_executor(None, self._blocking_connect)
+        async with asyncio.timeout(self._connect_timeout_s):
+            rc = await asyncio.shield(self._connack)
         if rc != 0:
             raise BrokerError(
                 f"{self._name}: broker {self._host}:{self._port} refused us: "
                 f"{_CONNACK_ERRORS.get(rc, f'code {rc}')}"
             )
-        if self._subs:
-            self._paho.subscribe([(f, qos) for f, (qos, _) in self._subs.items()])
+        await self._restore_subscriptions()
         self.stats.connects += 1
         self._connected.set()
         log.info("%s: connected to %s:%s", self._name, self._host, self._port)
@@ -371,6 +379,30 @@ class MqttClient:
                 hook()
             except Exception:  # a hook's bug must not take the connection down
                 log.exception("%s: on_connect hook failed", self._name)
+
+    async def _restore_subscriptions(self) -> None:
+        """Connected means subscribed: wait for the SUBACK, so that whoever acts on the
+        connection (a hello that expects a reply) cannot miss what comes back. Filters added
+        or removed meanwhile are caught up before returning."""
+        sent: dict[str, int] = {}
+        while True:
+            want = {f: qos for f, (qos, _) in self._subs.items()}
+            gone = [f for f in sent if f not in want]
+            if gone:
+                self._paho.unsubscribe(gone)
+                for f in gone:
+                    del sent[f]
+            new = [(f, qos) for f, qos in want.items() if sent.get(f) != qos]
+            if not new:
+                return
+            self._suback = asyncio.get_running_loop().create_future()
+            rc, mid = self._paho.subscribe(new)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise BrokerError(f"{self._name}: subscribe failed: {paho.error_string(rc)}")
+            self._suback_mid = mid
+            async with asyncio.timeout(self._connect_timeout_s):
+                await self._suback
+            sent.update(new)
 
     def _blocking_connect(self) -> None:
         self._paho.connect(self._host, self._port, keepalive=self._keepalive_s)
@@ -463,12 +495,18 @@ class MqttClient:
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(int(getattr(rc, "value", rc)))
 
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        if mid == self._suback_mid and self._suback is not None and not self._suback.done():
+            self._suback.set_result(None)
+
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if self._connected.is_set():
             self.stats.disconnects += 1
         self._connected.clear()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(str(rc))
+        if self._suback is not None and not self._suback.done():
+            self._suback.set_exception(BrokerError(f"{self._name}: connection lost while subscribing"))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         fut = self._acks.pop(mid, None)

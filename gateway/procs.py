@@ -116,14 +116,16 @@ class Child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, sig)
             try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
         if self._reader is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reader, 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._reader
             self._reader = None
         return proc.returncode
 

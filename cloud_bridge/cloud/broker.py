@@ -168,7 +168,8 @@ class CloudBroker(PrivateBroker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGHUP)
             try:
-                await asyncio.wait_for(self._reloaded.wait_for(lambda: self._reloads >= target), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._reloaded.wait_for(lambda: self._reloads >= target)
             except TimeoutError as exc:
                 raise CloudBrokerError(
                     f"mosquitto did not reload its configuration within {timeout_s:g} s; log ends: "

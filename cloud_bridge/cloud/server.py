@@ -336,7 +336,8 @@ class Cloud:
         if not mqtt.connected:
             log.warning("broker %s not reachable yet; serving anyway and retrying", self.mqtt_url)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(http_ready.wait(), _HTTP_READY_TIMEOUT_S)
+            async with asyncio.timeout(_HTTP_READY_TIMEOUT_S):
+                await http_ready.wait()
         s = self.settings
         await asyncio.to_thread(
             _write_json,

@@ -430,7 +430,8 @@ class CloudService:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until everything queued is stored (for a clean stop). False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
@@ -658,7 +659,8 @@ class CloudService:
         futures = [self._mqtt.publish_future(t, data, retain=retain) for t in topic_list]
         if futures:
             try:
-                await asyncio.wait_for(asyncio.gather(*futures), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*futures)
             except (TimeoutError, BrokerError) as exc:
                 raise CloudUnavailable(
                     f"the broker did not take the {signed.type} message: {exc or 'no PUBACK in time'}"
@@ -683,7 +685,8 @@ class CloudService:
                 await self._db.timeout_command(envelope.id)
                 raise
             try:
-                reply = await asyncio.wait_for(fut, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    reply = await fut
             except TimeoutError:
                 await self._db.timeout_command(envelope.id)
                 return CommandOutcome(envelope.id, "timeout")

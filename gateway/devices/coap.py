@@ -218,7 +218,8 @@ class CoapAdapter:
             deadline = loop.time() + self._window_s
             while (remaining := deadline - loop.time()) > 0:
                 try:
-                    data, (host, port) = await asyncio.wait_for(proto.queue.get(), remaining)
+                    async with asyncio.timeout(remaining):
+                        data, (host, port) = await proto.queue.get()
                 except TimeoutError:
                     break
                 try:
@@ -240,7 +241,8 @@ class CoapAdapter:
     async def _request(self, msg: aiocoap.Message) -> aiocoap.Message:
         assert self._ctx is not None
         try:
-            return await asyncio.wait_for(self._ctx.request(msg).response, self._request_timeout_s)
+            async with asyncio.timeout(self._request_timeout_s):
+                return await self._ctx.request(msg).response
         except TimeoutError:
             raise
         except coap_error.Error as exc:
@@ -384,7 +386,8 @@ class CoapAdapter:
             msg.opt.accept = CT_SENML_CBOR
             request = self._ctx.request(msg)
             try:
-                first = await asyncio.wait_for(request.response, self._request_timeout_s)
+                async with asyncio.timeout(self._request_timeout_s):
+                    first = await request.response
                 failures = 0
                 self._sink.device_availability(dev.device_id, True)
                 self._notify(dev, obj, inst, first, digital, bucket)
@@ -394,7 +397,8 @@ class CoapAdapter:
                 it = aiter(request.observation)
                 silence_s = self._silence_allowed(first)
                 while True:
-                    note = await asyncio.wait_for(anext(it), silence_s)
+                    async with asyncio.timeout(silence_s):
+                        note = await anext(it)
                     silence_s = self._silence_allowed(note)
                     self._notify(dev, obj, inst, note, digital, bucket)
             except (TimeoutError, coap_error.Error, StopAsyncIteration) as exc:

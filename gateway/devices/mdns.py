@@ -322,7 +322,8 @@ class MdnsDiscovery:
             self._tracking_changed.clear()
             timeout = None if next_due == math.inf else max(0.05, (next_due - current_time_millis()) / 1000)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tracking_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._tracking_changed.wait()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

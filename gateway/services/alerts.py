@@ -169,7 +169,8 @@ class AlertService:
                 self._changed.clear()
                 timeout = None if due == math.inf else max(0.05, due - time.monotonic())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._changed.wait()
 
     # -- intake ---------------------------------------------------------------------------
 

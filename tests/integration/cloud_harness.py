@@ -176,7 +176,8 @@ async def running_cloud(
     finally:
         await harness.aclose()
         cloud.stop()
-        await asyncio.wait_for(task, 15)
+        async with asyncio.timeout(15):
+            await task
 
 
 # -- a gateway's cloud link, as the agent would run it ----------------------------------------------

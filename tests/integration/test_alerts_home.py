@@ -117,7 +117,8 @@ async def home(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Home]:
             await s.wait_ready()
         h = Home(Gateway(settings(tmp_path, broker)), topics, broker, tvs, speakers, smoke, tmp_path)
         run = h.run = tg.create_task(h.gateway.run())
-        await asyncio.wait_for(h.gateway.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await h.gateway.ready.wait()
         hub = h.gateway.hub
         assert hub is not None
         await h.until(
@@ -235,7 +236,8 @@ async def test_an_active_alert_is_presented_again_after_a_restart(home: Home) ->
     gateway = Gateway(settings(home.tmp, home.broker))
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(gateway.run())
-        await asyncio.wait_for(gateway.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await gateway.ready.wait()
         assert gateway.alerts is not None and [a["id"] for a in gateway.alerts.active()] == [alert.alert_id]
         # Announced again when the speaker is back on the network.
         await home.until(lambda: len(home.speakers[0].state["said"]) > said, "announced again", timeout=20)

@@ -150,7 +150,9 @@ async def test_serve_cli_sigterm_and_restart(db_url: str, tmp_path: Path) -> Non
         assert out.returncode == 0 and out.stdout.startswith("signing with ed25519:"), out.stderr
 
         assert child.pid is not None
-        assert await asyncio.wait_for(child.stop(timeout_s=5.0), 6) == 0, child.log_tail()
+        async with asyncio.timeout(6):
+            code = await child.stop(timeout_s=5.0)
+        assert code == 0, child.log_tail()
         assert "stopped" in child.log_tail()
     finally:
         await child.kill()
@@ -200,6 +202,8 @@ async def test_serve_cli_sigterm_and_restart(db_url: str, tmp_path: Path) -> Non
             await broker.reload()
             async with GatewayLink(third, tmp_path / "third") as gw:
                 await gw.wait_acked(gw.send("event", {"kind": "hello-external"}))
-            assert await asyncio.wait_for(child.stop(timeout_s=5.0), 6) == 0, child.log_tail()
+            async with asyncio.timeout(6):
+                code = await child.stop(timeout_s=5.0)
+            assert code == 0, child.log_tail()
         finally:
             await child.kill()

@@ -46,7 +46,8 @@ async def test_systemd_notify_watchdog_and_clean_sigterm(broker: PrivateBroker, 
             assert child.pid is not None
             os.kill(child.pid, signal.SIGTERM)
             # The contract: a clean shutdown within 2 s, exit code 0, status offline.
-            code = await asyncio.wait_for(child.stop(timeout_s=2.0), 2.5)
+            async with asyncio.timeout(2.5):
+                code = await child.stop(timeout_s=2.0)
             assert code == 0, child.log_tail()
             assert "stopped" in child.log_tail()
             await topics.wait(lambda: topics.retained.get("home/t1/status") == b"offline", what="offline")

@@ -95,7 +95,8 @@ async def lan(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Lan]:
         for device in lan.devices.values():
             await device.wait_ready()
         run = tg.create_task(gateway.run(), name="gateway")
-        await asyncio.wait_for(gateway.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await gateway.ready.wait()
         await topics.wait(
             lambda: all(
                 topics.retained.get(lan.t(s, "availability")) == b"online" and lan.state(s)

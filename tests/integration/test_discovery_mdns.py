@@ -88,7 +88,8 @@ async def lan(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Lan]:
         for sim in (tv, speaker, hostile):
             await sim.wait_ready()
         run = tg.create_task(gateway.run(), name="gateway")
-        await asyncio.wait_for(gateway.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await gateway.ready.wait()
         await topics.wait(
             lambda: lan.online(TV) and lan.online(SPEAKER), timeout=20, what="TV and speaker online"
         )
@@ -239,7 +240,8 @@ async def test_the_gateway_announces_itself(lan: Lan) -> None:
 
     browser = AsyncServiceBrowser(azc.zeroconf, "_bfy-gateway._tcp.local.", handlers=[on_change])
     try:
-        await asyncio.wait_for(seen.wait(), 10)
+        async with asyncio.timeout(10):
+            await seen.wait()
         info = AsyncServiceInfo("_bfy-gateway._tcp.local.", found[0])
         assert await info.async_request(azc.zeroconf, 3000)
         txt = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}

@@ -534,9 +534,11 @@ async def test_stopping_while_the_broker_never_answers_leaves_no_socket_open() -
     device = plug()
     task = asyncio.create_task(device.run(f"mqtt://127.0.0.1:{port}"), name="sim-black-hole")
     try:
-        await asyncio.wait_for(accepted, WAIT_S)
+        async with asyncio.timeout(WAIT_S):
+            await accepted
         await stop(task)
-        connect_packet = await asyncio.wait_for(closed, WAIT_S)
+        async with asyncio.timeout(WAIT_S):
+            connect_packet = await closed
         assert connect_packet[0] == 0x10  # it did get as far as sending CONNECT
         assert not device.connected
     finally:
@@ -566,7 +568,8 @@ async def test_household_runs_the_plug_and_the_bridge(broker: PrivateBroker) -> 
     )
     try:
         async with observing(broker, "tasmota/discovery/#", "zigbee2mqtt/bridge/devices") as seen:
-            message = await asyncio.wait_for(handler.ready, WAIT_S)
+            async with asyncio.timeout(WAIT_S):
+                message = await handler.ready
             assert TOPIC in message
             assert "zigbee2mqtt" in message
             config = await seen.wait_for(f"tasmota/discovery/{MAC}/config")

@@ -71,7 +71,8 @@ async def home(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Home]:
             run_household(mqtt_url=broker.url, seed=7, tele_period_s=0.5, lan=False), name="household"
         )
         gw = tg.create_task(gateway.run(), name="gateway")
-        await asyncio.wait_for(gateway.ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await gateway.ready.wait()
         h = Home(broker, gateway, topics)
         await h.all_devices_up()
         yield h
@@ -170,7 +171,8 @@ async def test_a_retained_command_never_runs_again(broker: PrivateBroker, tmp_pa
         for round_ in range(2):
             gateway = Gateway(settings(tmp_path, broker))
             run = tg.create_task(gateway.run())
-            await asyncio.wait_for(gateway.ready.wait(), 10)
+            async with asyncio.timeout(10):
+                await gateway.ready.wait()
             h = Home(broker, gateway, topics)
             await h.all_devices_up()
             plug_is = plug_state_is(topics, h.t(PLUG, "state"))

@@ -78,7 +78,8 @@ async def test_bulk_messages_are_all_delivered_in_order(broker: PrivateBroker) -
             "mosquitto_pub", "-p", str(broker.port), "-t", "bulk", "-l", stdin=subprocess.PIPE
         )
         await proc.communicate(lines)
-        await asyncio.wait_for(done.wait(), 20)
+        async with asyncio.timeout(20):
+            await done.wait()
         assert got == [b"%d" % i for i in range(n)]
         await c.close()
         task.cancel()

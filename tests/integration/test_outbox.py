@@ -131,7 +131,8 @@ async def test_nothing_accepted_is_lost_on_kill_9(tmp_path: Path, run: int) -> N
     accepted: list[int] = []
     target = 300 + run * 700
     while len(accepted) < target:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        async with asyncio.timeout(30):
+            line = await proc.stdout.readline()
         accepted.append(int(line))
     os.kill(proc.pid, signal.SIGKILL)
     rest, _ = await proc.communicate()

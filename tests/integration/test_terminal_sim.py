@@ -661,7 +661,8 @@ async def test_crash_sends_no_goodbye_and_records_expire(mdns: Observer) -> None
             reader = SseReader(stream)
             await reader.next()
             crashing.crash()
-            await asyncio.wait_for(tasks[0], WAIT_S)  # run() returns by itself
+            async with asyncio.timeout(WAIT_S):
+                await tasks[0]  # run() returns by itself
             with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
                 await reader.next()
         with pytest.raises(httpx.ConnectError):
@@ -706,7 +707,8 @@ async def test_restart_on_another_address_keeps_id(mdns: Observer) -> None:
             device.move_to("127.0.0.48")  # not while running
 
         device.crash()
-        await asyncio.wait_for(task, WAIT_S)
+        async with asyncio.timeout(WAIT_S):
+            await task
         with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
             device.move_to("192.168.1.20")  # never on a host interface
         device.move_to("127.0.0.48")
@@ -832,7 +834,8 @@ async def test_lifecycle_errors() -> None:
         device = tv("127.0.0.61")
         task = asyncio.create_task(device.run())
         with pytest.raises(TerminalStartError):
-            await asyncio.wait_for(device.wait_ready(), WAIT_S)
+            async with asyncio.timeout(WAIT_S):
+                await device.wait_ready()
         with pytest.raises(TerminalStartError):
             await task
     finally:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from cloud_bridge.cap import parse_cap_xml
 from cloud_bridge.protocol import (
     MAX_ENVELOPE_BYTES,
-    Signer,
     SignatureError,
+    Signer,
     TrustedKey,
     TrustStore,
     canonical_json,
@@ -143,7 +143,9 @@ def test_region_levels(region: str, prefixes: list[str]) -> None:
     assert all(region_matches(p, region) for p in prefixes)
 
 
-@pytest.mark.parametrize("bad", ["", "2", "210", "21010", "2101020", "21a1", "２１", "21 01", "2101021234567", "21\n"])
+@pytest.mark.parametrize(
+    "bad", ["", "2", "210", "21010", "2101020", "21a1", "２１", "21 01", "2101021234567", "21\n"]
+)
 def test_region_codes_are_checked(bad: str) -> None:
     with pytest.raises(ValueError, match="not a region code"):
         region_prefixes(bad)
@@ -156,9 +158,7 @@ def test_a_region_does_not_match_its_neighbour() -> None:
 
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(
-        st.tuples(st.integers(0, len(SIGNED_ALERT) - 1), st.integers(1, 255)), min_size=1, max_size=4
-    )
+    st.lists(st.tuples(st.integers(0, len(SIGNED_ALERT) - 1), st.integers(1, 255)), min_size=1, max_size=4)
 )
 def test_any_byte_mutation_of_a_signed_alert_is_refused_or_means_the_same(
     flips: list[tuple[int, int]],
