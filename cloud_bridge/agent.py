@@ -46,6 +46,7 @@ Handler = Callable[[Envelope, str], Awaitable[None]]
 
 _DOWN_QUEUE = 1000
 _SEND_WINDOW = 200
+_HELLO_RETRY_S = 2.0
 _MAX_AGE = {
     "ack": timedelta(days=1),
     "command": timedelta(days=1),
@@ -122,13 +123,22 @@ class CloudAgent:
         self._report_times: list[float] = []
         self._started = time.monotonic()
         self.stats = AgentStats()
+        # Set once the cloud has acknowledged this connection's `hello`: the link works end to
+        # end and uplinks may flow (cleared at every new connection).
         self.connected = asyncio.Event()
+        self._hello_id = ""
+        self._new_connection = asyncio.Event()
+        self._epoch = 0
 
     # -- wiring ---------------------------------------------------------------------------
 
     @property
     def region(self) -> str:
         return self._id.region
+
+    @property
+    def household(self) -> str:
+        return self._id.record.household
 
     def on(self, message_type: str, handler: Handler) -> None:
         """Handle verified downlink messages of `message_type` (alerts, services, ...)."""
@@ -156,6 +166,7 @@ class CloudAgent:
                 tg.create_task(self.mqtt.run(), name="cloud-mqtt")
                 tg.create_task(self._downlink(), name="cloud-downlink")
                 tg.create_task(self._uplink(), name="cloud-uplink")
+                tg.create_task(self._greet(), name="cloud-hello")
                 tg.create_task(self._maintenance(), name="cloud-maintenance")
                 tg.create_task(self._home_events(), name="cloud-events")
                 if self._hub is not None:
@@ -169,8 +180,21 @@ class CloudAgent:
         await self.mqtt.close(final=[(topics.presence(self._id.gateway_id), b"offline", True)])
 
     def _connected(self) -> None:
-        gw = self._id.gateway_id
-        self.mqtt.publish(topics.presence(gw), b"online", qos=1, retain=True)
+        self.connected.clear()
+        self._epoch += 1
+        self._new_connection.set()
+        self.mqtt.publish(topics.presence(self._id.gateway_id), b"online", qos=1, retain=True)
+        self._hello()
+        resent = self._outbox.requeue_in_flight()
+        self._snapshot_due = True
+        log.info(
+            "cloud link up (%s); %d messages waiting, %d to resend once the cloud answers",
+            self._id.record.mqtt_url,
+            self._outbox.waiting,
+            resent,
+        )
+
+    def _hello(self) -> None:
         hello = new_envelope(
             "hello",
             {
@@ -179,28 +203,43 @@ class CloudAgent:
                 "household": self._id.record.household,
                 "devices": len(self._hub.devices()) if self._hub is not None else 0,
             },
-            gateway_id=gw,
+            gateway_id=self._id.gateway_id,
         )
-        self.mqtt.publish(topics.up(gw), hello.to_bytes(), qos=1)
-        resent = self._outbox.requeue_in_flight()
-        self._snapshot_due = True
-        self.connected.set()
-        log.info(
-            "cloud link up (%s); %d messages waiting, %d to resend",
-            self._id.record.mqtt_url,
-            self._outbox.waiting,
-            resent,
-        )
+        self._hello_id = hello.id
+        self.mqtt.publish(topics.up(self._id.gateway_id), hello.to_bytes(), qos=1)
+
+    async def _greet(self) -> None:
+        """Uplinks wait for the cloud's ack of `hello`. After a broker restart the broker has
+        forgotten the cloud's session: what a gateway sends before the cloud has subscribed
+        again is dropped, and resending it after an ack timeout would put it behind newer
+        messages. A hello that goes unanswered is sent again."""
+        while True:
+            await self._new_connection.wait()
+            self._new_connection.clear()
+            while not self.connected.is_set() and not self._new_connection.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_HELLO_RETRY_S):
+                        await self.connected.wait()
+                if not self.connected.is_set() and not self._new_connection.is_set() and self.mqtt.connected:
+                    self._hello()
 
     # -- uplink ---------------------------------------------------------------------------
 
     async def _uplink(self) -> None:
         up = topics.up(self._id.gateway_id)
         while True:
-            await self.mqtt.wait_connected(3600 * 24 * 365)
+            await self.connected.wait()
             await self._outbox.wait_ready()
-            for pending in await self._outbox.take(50):
+            epoch = self._epoch
+            batch = await self._outbox.take(50)
+            for k, pending in enumerate(batch):
                 await self._window.acquire()
+                if self._epoch != epoch or not self.mqtt.connected:
+                    # The link went down meanwhile: the rest of the batch goes back in line,
+                    # before anything newer, for the next confirmed connection.
+                    self._window.release()
+                    self._outbox.put_back(batch[k:])
+                    break
                 fut = self.mqtt.publish_future(up, pending.body)
                 fut.add_done_callback(self._release)
                 self.stats.sent += 1
@@ -332,6 +371,9 @@ class CloudAgent:
     async def _on_ack(self, envelope: Envelope, topic: str) -> None:
         ids = envelope.payload.get("ids")
         if isinstance(ids, list):
+            if self._hello_id in ids and not self.connected.is_set():
+                self.connected.set()
+                log.info("cloud link confirmed end to end; %d messages to send", self._outbox.waiting)
             await self._outbox.ack(str(i) for i in ids[:10_000])
 
     async def _on_trust_update(self, envelope: Envelope, topic: str) -> None:

@@ -347,14 +347,21 @@ class Outbox:
         """Put messages that were sent but not acknowledged back in line (after a reconnect,
         or when their ack is overdue). Returns how many."""
         now = time.monotonic()
-        back = [(i, s) for i, (s, t) in self._in_flight.items() if now - t >= older_than_s]
-        for ident, seq in back:
-            del self._in_flight[ident]
-            bisect.insort(self._ready[self._cls[seq]], seq)
-        if back:
-            self.stats.resent += len(back)
-            self._has_ready.set()
+        back = [i for i, (_, t) in self._in_flight.items() if now - t >= older_than_s]
+        self._back_in_line(back)
+        self.stats.resent += len(back)
         return len(back)
+
+    def put_back(self, unsent: Iterable[Pending]) -> None:
+        """Messages taken but never handed to the broker go back in line, in their place."""
+        self._back_in_line([p.id for p in unsent if p.id in self._in_flight])
+
+    def _back_in_line(self, idents: list[str]) -> None:
+        for ident in idents:
+            seq, _ = self._in_flight.pop(ident)
+            bisect.insort(self._ready[self._cls[seq]], seq)
+        if idents:
+            self._has_ready.set()
 
     async def ack(self, ids: Iterable[str]) -> int:
         """The cloud has these; remove them (one transaction). Returns how many were ours."""
