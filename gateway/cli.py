@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     pf = dsub.add_parser("forget", help="remove a device (its retained topics are cleared)")
     pf.add_argument("device_id")
 
+    p = sub.add_parser("pair", help="the household pairing PIN (as the TV shows it) and paired clients")
+    _common(p)
+    p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
+    p.add_argument("--list", action="store_true", help="list the paired household clients")
+    p.add_argument("--revoke", metavar="NAME", help="revoke the household token paired under NAME")
+
     p = sub.add_parser("doctor", help="installer diagnostics; non-zero exit on failure")
     _common(p)
 
@@ -150,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "config":
             return _cmd_config(args)
+        if args.command == "pair":
+            return _cmd_pair(args)
         if args.command == "devices":
             return _cmd_devices(args)
         if args.command == "provision":
@@ -239,14 +247,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_devices(args: argparse.Namespace) -> int:
-    import httpx  # noqa: PLC0415
-
+def _local_api(args: argparse.Namespace, *, admin: bool) -> tuple[str, dict[str, str]]:
+    """The running gateway's HTTP URL and, for `admin`, the installer's token header."""
     from gateway.daemon import HTTP_URL_FILE  # noqa: PLC0415
     from gateway.web import ADMIN_TOKEN_FILE  # noqa: PLC0415
 
     settings = _settings(args)
-    url = args.url
+    url: str | None = args.url
     if url is None:
         try:
             url = (settings.state_dir / HTTP_URL_FILE).read_text().strip()
@@ -254,7 +261,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
             host, _, port = settings.http.listen.rpartition(":")
             url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
     headers: dict[str, str] = {}
-    if args.devices_command:
+    if admin:
         try:
             token = (settings.state_dir / ADMIN_TOKEN_FILE).read_text().strip()
         except OSError as exc:
@@ -263,6 +270,44 @@ def _cmd_devices(args: argparse.Namespace) -> int:
                 " run this on the gateway as its user, with the same --state-dir"
             ) from exc
         headers["Authorization"] = f"Bearer {token}"
+    return url, headers
+
+
+def _unreachable(url: str, exc: Exception) -> GatewayError:
+    return GatewayError(f"cannot reach the gateway at {url} ({exc}); is `gateway run` running? (use --url)")
+
+
+def _cmd_pair(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    url, headers = _local_api(args, admin=True)
+    try:
+        with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
+            if args.revoke:
+                r = client.delete(f"/api/v1/pair/tokens/{args.revoke}")
+                return _report(r, f"revoked {args.revoke}")
+            r = client.get("/api/v1/pair/tokens" if args.list else "/api/v1/pairing")
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from exc
+    if r.status_code >= 300:
+        return _report(r, "")
+    if args.list:
+        tokens = r.json()
+        for t in tokens:
+            print(f"{t['name']}\t{t['created']}")
+        if not tokens:
+            print("没有已配对的设备 No household client is paired")
+        return 0
+    pin = r.json()
+    left = "{}:{:02d}".format(*divmod(int(pin["expires_in_s"]), 60))
+    print(f"配对码 Pairing PIN: {pin['pin']}  ({left} 后更换 changes in {left})")
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    url, headers = _local_api(args, admin=bool(args.devices_command))
     try:
         with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
             if args.devices_command == "approve":
@@ -276,9 +321,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
                 return _report(r, f"forgot {args.device_id}")
             r = client.get("/api/v1/devices", params={"pending": str(args.pending).lower()})
     except httpx.HTTPError as exc:
-        raise GatewayError(
-            f"cannot reach the gateway at {url} ({exc}); is `gateway run` running? (use --url)"
-        ) from exc
+        raise _unreachable(url, exc) from exc
     r.raise_for_status()
     devices = r.json()
     if args.json:

@@ -115,6 +115,10 @@ class HttpSettings(_Section):
 
     enabled: bool = True
     listen: Listen = DEFAULT_HTTP_LISTEN
+    #: The TV menu's settings screen shows the pairing PIN to any LAN client (the TV is one).
+    #: Off: the PIN comes only from `gateway pair` on the box.
+    show_pin_on_lan: bool = True
+    pin_lifetime_s: float = Field(default=600.0, ge=30, le=86400)
 
 
 class RegistrySettings(_Section):

@@ -18,6 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
+
 from cloud_bridge.agent import CloudAgent
 from cloud_bridge.identity import Identity, NotProvisioned
 from cloud_bridge.outbox import MessageClass, Outbox
@@ -38,6 +40,8 @@ from gateway.hub import Hub
 from gateway.mqtt import MqttClient, Will
 from gateway.registry import Registry
 from gateway.services.alerts import AlertPolicy, AlertService
+from gateway.services.pairing import Pairing, pairing_router
+from gateway.services.tvmenu import tvmenu_router
 from gateway.services.voice import VoiceService
 from gateway.systemd import Notifier
 from gateway.web import WebContext, bind, create_app, load_admin_token, serve
@@ -205,13 +209,7 @@ class Gateway:
                 tasks.append(tg.create_task(lan.mdns.run(), name="mdns"))
             tasks.append(tg.create_task(voice.run(), name="voice"))
             if http_sock is not None:
-                ctx = WebContext(
-                    hub,
-                    gateway_id=s.id,
-                    admin_token=await asyncio.to_thread(load_admin_token, s.state_dir),
-                    mqtt_connected=lambda: mqtt.connected,
-                )
-                app = create_app(ctx)
+                app = await self._web_app(hub, mqtt, alerts, agent)
                 tasks.append(tg.create_task(serve(app, http_sock, ready=http_ready), name="http"))
             tasks.append(tg.create_task(self._notifier.watchdog(s.watchdog_fraction), name="watchdog"))
             await self._announce_ready(mqtt, http_sock, http_ready, hub)
@@ -225,6 +223,30 @@ class Gateway:
                 task.cancel()
         contract.detach()
         log.info("stopped")
+
+    async def _web_app(
+        self, hub: Hub, mqtt: MqttClient, alerts: AlertService, agent: CloudAgent | None
+    ) -> FastAPI:
+        """The LAN API, the TV menu at `/` and household pairing."""
+        s = self.settings
+        pairing = await asyncio.to_thread(
+            Pairing, s.state_dir, pin_lifetime_s=s.http.pin_lifetime_s, show_pin_on_lan=s.http.show_pin_on_lan
+        )
+        ctx = WebContext(
+            hub,
+            gateway_id=s.id,
+            admin_token=await asyncio.to_thread(load_admin_token, s.state_dir),
+            mqtt_connected=lambda: mqtt.connected,
+            household=pairing.name_of,
+        )
+        menu = tvmenu_router(
+            ctx,
+            alerts,
+            region=agent.region if agent is not None else "",
+            household=agent.household if agent is not None else "",
+            language=s.alerts.language,
+        )
+        return create_app(ctx, routers=(menu, pairing_router(pairing)))
 
     @staticmethod
     def _link_alerts(agent: CloudAgent, alerts: AlertService) -> None:
@@ -320,7 +342,8 @@ class Gateway:
         http_url = ""
         if http_sock is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(http_ready.wait(), _HTTP_READY_TIMEOUT_S)
+                async with asyncio.timeout(_HTTP_READY_TIMEOUT_S):
+                    await http_ready.wait()
             host, port = http_sock.getsockname()[:2]
             shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
             http_url = f"http://{shown}:{port}"

@@ -1,7 +1,9 @@
 """The gateway's LAN HTTP server: JSON API under `/api/v1/` (OpenAPI at `/openapi.json`).
 
 Reading is open on the LAN; changing anything needs a bearer token. The installer's admin
-token lives in the state directory (owner-only file), so only someone on the box can use it.
+token lives in the state directory (owner-only file), so only someone on the box can use it;
+households get their own tokens by pairing with the PIN on the TV (`gateway.services.pairing`)
+and may use devices with them, while approving and forgetting devices stays the installer's.
 Services (TV menu, voice, ...) add their own routers.
 """
 
@@ -28,11 +30,23 @@ from gateway.errors import CommandRejected, DeviceError
 from gateway.hub import Device, Hub
 from gateway.model import DeviceInfo
 
-__all__ = ["ADMIN_TOKEN_FILE", "WebContext", "create_app", "load_admin_token", "serve"]
+__all__ = [
+    "ADMIN_CALLER",
+    "ADMIN_TOKEN_FILE",
+    "WebContext",
+    "create_app",
+    "device_view",
+    "load_admin_token",
+    "require_admin",
+    "require_writer",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"  # noqa: S105 - a file name, not a secret
+#: Who a write made with the installer's admin token is attributed to.
+ADMIN_CALLER = "admin"
 
 
 def load_admin_token(state_dir: Path) -> str:
@@ -58,11 +72,14 @@ class WebContext:
         gateway_id: str,
         admin_token: str,
         mqtt_connected: Callable[[], bool] = lambda: False,
+        household: Callable[[str], str | None] = lambda token: None,
     ) -> None:
         self.hub = hub
         self.gateway_id = gateway_id
         self.admin_token = admin_token
         self.mqtt_connected = mqtt_connected
+        #: The name a household token was paired under, or None (`Pairing.name_of`).
+        self.household = household
 
 
 class DeviceView(BaseModel):
@@ -91,7 +108,7 @@ class Problem(BaseModel):
     detail: str
 
 
-def _view(dev: Device) -> DeviceView:
+def device_view(dev: Device) -> DeviceView:
     return DeviceView(
         info=dev.info,
         state=dev.state_payload() if dev.state else {},
@@ -115,11 +132,31 @@ Ctx = Annotated[WebContext, Depends(_ctx)]
 def require_admin(
     ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Constant-time token check; 401 with no detail on failure."""
+    """The installer's token (constant-time); 401 with no detail otherwise."""
     if credentials is None or not hmac.compare_digest(
         credentials.credentials.encode(), ctx.admin_token.encode()
     ):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthorized()
+
+
+def require_writer(
+    ctx: Ctx, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """A household token or the admin token; returns who is writing (the name the token was
+    paired under, or `ADMIN_CALLER`). 401 with no detail otherwise."""
+    if credentials is None:
+        raise _unauthorized()
+    token = credentials.credentials
+    if hmac.compare_digest(token.encode(), ctx.admin_token.encode()):
+        return ADMIN_CALLER
+    name = ctx.household(token)
+    if name is None:
+        raise _unauthorized()
+    return name
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _devices_router() -> APIRouter:
@@ -138,24 +175,32 @@ def _devices_router() -> APIRouter:
     @r.get("/devices")
     def devices(ctx: Ctx, pending: bool = False) -> list[DeviceView]:
         """Approved devices, or with `pending=true` the ones waiting for the installer."""
-        return [_view(d) for d in sorted(ctx.hub.devices(approved=not pending), key=lambda d: d.info.id)]
+        devs = sorted(ctx.hub.devices(approved=not pending), key=lambda d: d.info.id)
+        return [device_view(d) for d in devs]
 
     @r.get("/devices/{device_id}", responses={404: {"model": Problem}})
     def device(ctx: Ctx, device_id: str) -> DeviceView:
         dev = ctx.hub.get(device_id)
         if dev is None:
             raise HTTPException(404, detail={"reason": "unknown_device", "detail": "no such device"})
-        return _view(dev)
+        return device_view(dev)
 
     @r.post(
         "/devices/{device_id}/command",
-        dependencies=[Depends(require_admin)],
         status_code=202,
-        responses={400: {"model": Problem}, 404: {"model": Problem}, 503: {"model": Problem}},
+        responses={
+            400: {"model": Problem},
+            401: {"description": "no valid household or admin token"},
+            404: {"model": Problem},
+            503: {"model": Problem},
+        },
     )
-    async def command(ctx: Ctx, device_id: str, request: Request) -> dict[str, Any]:
-        """Send capability values to a device, exactly as MQTT `set` does."""
+    async def command(
+        ctx: Ctx, device_id: str, request: Request, caller: Annotated[str, Depends(require_writer)]
+    ) -> dict[str, Any]:
+        """Send capability values to a device, exactly as MQTT `set` does (household or admin token)."""
         body = await request.body()
+        log.debug("command to %s by %s", device_id, caller)
         try:
             values = ctx.hub.validate(device_id, body)
             await ctx.hub.command(device_id, values)
@@ -176,7 +221,7 @@ def _devices_router() -> APIRouter:
             dev = await ctx.hub.approve(device_id, name=body.name, room=body.room)
         except CommandRejected as exc:
             raise HTTPException(404, detail={"reason": exc.reason, "detail": exc.detail}) from exc
-        return _view(dev)
+        return device_view(dev)
 
     @r.delete(
         "/devices/{device_id}",

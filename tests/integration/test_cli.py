@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.broker import PrivateBroker
@@ -65,6 +66,52 @@ async def test_devices_list_approve_forget(broker: PrivateBroker, tmp_path: Path
             await topics.wait(lambda: topics.retained.get(info_topic) == b"", what="info cleared")
             missing = await asyncio.to_thread(gateway_cli, "devices", *common, "forget", "nope")
             assert missing.returncode == 1 and "unknown_device" in missing.stderr
+        finally:
+            await child.stop()
+
+
+async def test_pair_shows_the_pin_that_gives_a_household_token_for_devices_only(
+    broker: PrivateBroker, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    announce_tasmota_plug(broker)
+    child = gateway_child(broker, state, env={**os.environ, "GATEWAY_DISCOVERY__AUTO_APPROVE": "tasmota"})
+    common = ("--state-dir", str(state), "--id", "t1")
+    async with Watcher(broker, "cmnd/#") as commands:
+        await child.start()
+        try:
+            shown = await asyncio.to_thread(gateway_cli, "pair", *common)
+            assert shown.returncode == 0, shown.stderr
+            found = re.search(r"Pairing PIN: (\d{6})", shown.stdout)
+            assert found, shown.stdout
+            url = (state / "http.url").read_text().strip()
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                r = await client.post("/api/v1/pair", json={"pin": found.group(1), "name": "妈妈的手机"})
+                assert r.status_code == 200, r.text
+                household = {"Authorization": f"Bearer {r.json()['token']}"}
+                # The household uses devices with its token ...
+                async with asyncio.timeout(10):
+                    while (await client.get(f"/api/v1/devices/{PLUG_ID}")).status_code != 200:
+                        await asyncio.sleep(0.1)
+                r = await client.post(
+                    f"/api/v1/devices/{PLUG_ID}/command", json={"on": True}, headers=household
+                )
+                assert r.status_code == 202, r.text
+                await commands.wait_message(lambda m: m.topic == "cmnd/tasmota_B3C4D5/POWER", what="POWER")
+                # ... but approving and forgetting stay the installer's.
+                r = await client.delete(f"/api/v1/devices/{PLUG_ID}", headers=household)
+                assert r.status_code == 401 and r.json() == {"detail": "Unauthorized"}
+                listed = await asyncio.to_thread(gateway_cli, "pair", *common, "--list")
+                assert "妈妈的手机" in listed.stdout
+                revoked = await asyncio.to_thread(gateway_cli, "pair", *common, "--revoke", "妈妈的手机")
+                assert revoked.returncode == 0, revoked.stderr
+                r = await client.post(
+                    f"/api/v1/devices/{PLUG_ID}/command", json={"on": False}, headers=household
+                )
+                assert r.status_code == 401
+                # The PIN was spent by pairing: `gateway pair` now shows a new one.
+                again = await asyncio.to_thread(gateway_cli, "pair", *common)
+                assert found.group(1) not in again.stdout
         finally:
             await child.stop()
 
