@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -103,9 +105,28 @@ class Approve(BaseModel):
     room: str | None = Field(default=None, max_length=64)
 
 
+class ProblemDetail(BaseModel):
+    reason: str = Field(description="machine-readable, e.g. unknown_device, out_of_range")
+    detail: str = Field(description="for people")
+
+
 class Problem(BaseModel):
-    reason: str
+    """A refused request: `{"detail": {"reason": ..., "detail": ...}}`."""
+
+    detail: ProblemDetail
+
+
+class Refused(BaseModel):
+    """A refusal that says no more than its status: `{"detail": "Unauthorized"}`."""
+
     detail: str
+
+
+#: Writes without a valid token; bodies that are not JSON.
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": Refused, "description": "no valid token (no detail is given)"}
+}
+NOT_JSON: dict[int | str, dict[str, Any]] = {400: {"model": Refused, "description": "the body is not JSON"}}
 
 
 def device_view(dev: Device) -> DeviceView:
@@ -188,11 +209,19 @@ def _devices_router() -> APIRouter:
     @r.post(
         "/devices/{device_id}/command",
         status_code=202,
-        responses={
-            400: {"model": Problem},
-            401: {"description": "no valid household or admin token"},
-            404: {"model": Problem},
-            503: {"model": Problem},
+        responses={400: {"model": Problem}, 404: {"model": Problem}, 503: {"model": Problem}, **UNAUTHORIZED},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "description": 'capability values, as for MQTT `set`: {"on": true}',
+                        }
+                    }
+                },
+            }
         },
     )
     async def command(
@@ -214,7 +243,7 @@ def _devices_router() -> APIRouter:
     @r.post(
         "/devices/{device_id}/approve",
         dependencies=[Depends(require_admin)],
-        responses={404: {"model": Problem}},
+        responses={404: {"model": Problem}, **UNAUTHORIZED, **NOT_JSON},
     )
     async def approve(ctx: Ctx, device_id: str, body: Approve) -> DeviceView:
         try:
@@ -227,7 +256,7 @@ def _devices_router() -> APIRouter:
         "/devices/{device_id}",
         dependencies=[Depends(require_admin)],
         status_code=204,
-        responses={404: {"model": Problem}},
+        responses={404: {"model": Problem}, **UNAUTHORIZED},
     )
     async def forget(ctx: Ctx, device_id: str) -> None:
         try:
@@ -248,7 +277,24 @@ def create_app(ctx: WebContext, routers: tuple[APIRouter, ...] = ()) -> FastAPI:
     app.include_router(_devices_router())
     for router in routers:
         app.include_router(router)
+    app.add_exception_handler(405, _method_not_allowed)
     return app
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    """405 with an `Allow` header naming every method of the path (Starlette names only those
+    of the first route that matched the path)."""
+    allowed = {
+        method
+        for route in request.app.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(request.url.path)
+        for method in route.methods or ()
+    }
+    return JSONResponse(
+        {"detail": "Method Not Allowed"},
+        status.HTTP_405_METHOD_NOT_ALLOWED,
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
 
 
 class _Server(uvicorn.Server):

@@ -37,7 +37,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway.errors import GatewayError
-from gateway.web import require_admin
+from gateway.web import NOT_JSON, require_admin
 
 __all__ = [
     "DEFAULT_PIN_LIFETIME_S",
@@ -326,6 +326,7 @@ def pairing_router(pairing: Pairing) -> APIRouter:
     @r.post(
         "/pair",
         responses={
+            **NOT_JSON,
             401: {"model": _Detail, "description": "wrong PIN"},
             429: {"model": _Detail, "description": "too many attempts (see Retry-After)"},
         },
