@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     pf = dsub.add_parser("forget", help="remove a device (its retained topics are cleared)")
     pf.add_argument("device_id")
 
+    p = sub.add_parser("alerts", help="emergency alerts on the running gateway: active and recent")
+    _common(p)
+    p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--ack", metavar="ID", help="acknowledge an active alert (as a person pressing OK)")
+
     p = sub.add_parser("pair", help="the household pairing PIN (as the TV shows it) and paired clients")
     _common(p)
     p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
@@ -156,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "config":
             return _cmd_config(args)
+        if args.command == "alerts":
+            return _cmd_alerts(args)
         if args.command == "pair":
             return _cmd_pair(args)
         if args.command == "devices":
@@ -275,6 +283,36 @@ def _local_api(args: argparse.Namespace, *, admin: bool) -> tuple[str, dict[str,
 
 def _unreachable(url: str, exc: Exception) -> GatewayError:
     return GatewayError(f"cannot reach the gateway at {url} ({exc}); is `gateway run` running? (use --url)")
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    import httpx  # noqa: PLC0415
+
+    url, headers = _local_api(args, admin=bool(args.ack))
+    try:
+        with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
+            if args.ack:
+                return _report(client.post(f"/api/v1/alerts/{args.ack}/ack"), f"acknowledged {args.ack}")
+            r = client.get("/api/v1/alerts")
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from exc
+    r.raise_for_status()
+    alerts = r.json()
+    if args.json:
+        print(json.dumps(alerts, ensure_ascii=False, indent=2))
+        return 0
+    from rich.console import Console  # noqa: PLC0415
+
+    from gateway.tables import alerts_table  # noqa: PLC0415
+
+    console = Console()
+    if not alerts["active"]:
+        console.print("没有生效的预警 No active alert")
+    else:
+        console.print(alerts_table(alerts["active"], title="生效的预警 Active alerts"))
+    if alerts["history"]:
+        console.print(alerts_table(alerts["history"], title="最近的预警 Recent alerts"))
+    return 0
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:

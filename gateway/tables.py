@@ -63,3 +63,25 @@ def devices_table(devices: Iterable[Mapping[str, Any]], *, title: str = "设备 
             format_state(dev.get("state") or {}),
         )
     return table
+
+
+_LEVELS = {1: ("红色 red", "bold white on red"), 2: ("橙色 orange", "bold black on dark_orange"),
+           3: ("黄色 yellow", "bold black on yellow"), 4: ("蓝色 blue", "bold white on blue")}  # fmt: skip
+_STATES = {"active": "生效 active", "acknowledged": "已确认 acknowledged", "expired": "已过期 expired",
+           "cancelled": "已解除 cancelled"}  # fmt: skip
+
+
+def alerts_table(alerts: Iterable[Mapping[str, Any]], *, title: str) -> Table:
+    """`alerts` as the gateway's `/api/v1/alerts` lists them."""
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("ID", style="cyan", no_wrap=True)
+    table.add_column("级别 Level", no_wrap=True)
+    table.add_column("状态 State", no_wrap=True)
+    table.add_column("标题 Headline")
+    for alert in alerts:
+        name, style = _LEVELS.get(int(alert.get("level", 4)), ("?", ""))
+        state = str(alert.get("state", ""))
+        drill = " 演练 drill" if alert.get("drill") else ""
+        table.add_row(str(alert["id"]), Text(name + drill, style=style), _STATES.get(state, state),
+                      str(alert.get("headline", "")))  # fmt: skip
+    return table

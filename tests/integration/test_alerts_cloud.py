@@ -37,10 +37,11 @@ _CAP_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})([+-]\d{2}:\d{2})"
 _FIXTURE_LATEST_SENT = datetime.fromisoformat("2024-08-01T11:30:00+08:00")  # the red update's
 
 
-def retimed(name: str, *, identifier: str | None = None) -> bytes:
+def retimed(name: str, *, identifier: str | None = None, at: datetime | None = None) -> bytes:
     """A CAP fixture with every time moved by the same amount, so that the fixtures' latest
-    message is sent now (references between fixtures stay consistent)."""
-    shift = datetime.now(UTC).replace(microsecond=0) - _FIXTURE_LATEST_SENT
+    message is sent `at` (default now). Fixtures retimed with the same `at` keep their
+    references to each other."""
+    shift = (at or datetime.now(UTC)).replace(microsecond=0) - _FIXTURE_LATEST_SENT
 
     def move(m: re.Match[str]) -> str:
         return (datetime.fromisoformat(m.group(0)) + shift).isoformat()
@@ -80,6 +81,13 @@ class Box:
     async def kill(self) -> None:
         assert self.child is not None
         await self.child.kill()
+
+
+def gateway_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
 
 
 @dataclass
@@ -190,7 +198,9 @@ async def stand(tmp_path: Path) -> AsyncIterator[Stand]:
 
 
 async def test_an_operator_alert_reaches_every_screen_and_speaker_of_its_region_only(stand: Stand) -> None:
-    orange = await stand.send(retimed("cn_rainstorm_orange_zh.xml"))
+    now = datetime.now(UTC)  # every fixture of this story is retimed to the same moment
+    orange_cap = retimed("cn_rainstorm_orange_zh.xml", at=now)
+    orange = await stand.send(orange_cap)
     assert orange["msg_type"] == "Alert" and orange["priority"] == 2
     assert orange["targets"] == ["210102", "210103"]  # the CAP geocodes, 210103000000 trimmed
     assert orange["gateways_expected"] == 1
@@ -218,12 +228,29 @@ async def test_an_operator_alert_reaches_every_screen_and_speaker_of_its_region_
     assert sorted(d["device"] for d in gw["displayed"]) == ["bfy-tv-c1", "bfy-tv-c2"]
     assert sorted(d["device"] for d in gw["spoken"]) == ["bfy-speaker-c1", "bfy-speaker-c2"]
 
+    # The installer's view on the box, and OK pressed from it: the cloud hears of it.
+    common = ("--state-dir", str(stand.a.state_dir), "--id", "gw-a")
+    shown = await asyncio.to_thread(gateway_cli, "alerts", *common, "--json")
+    assert [a["id"] for a in json.loads(shown.stdout)["active"]] == [alert_id], shown.stderr
+    table = await asyncio.to_thread(gateway_cli, "alerts", *common)
+    assert "橙色 orange" in table.stdout and "暴雨橙色预警" in table.stdout
+    acked = await asyncio.to_thread(gateway_cli, "alerts", *common, "--ack", alert_id)
+    assert acked.returncode == 0, acked.stderr
+
+    async def acknowledged() -> bool:
+        (gw,) = (await stand.status(alert_id))["gateways"]
+        return bool(gw["acknowledged"])
+
+    await stand.until(acknowledged, "the acknowledgement receipt at the cloud")
+
     # Sent twice (an operator retrying after a timeout): accepted once, not resent.
-    again = await stand.send(retimed("cn_rainstorm_orange_zh.xml"))
+    again = await stand.send(orange_cap)
     assert again["id"] == alert_id and again["duplicate"] is True
 
     # A Dalian alert reaches gw-b; gw-b never saw the Shenyang one, gw-a never sees Dalian's.
-    dalian = await stand.send(retimed("cn_rainstorm_orange_zh.xml", identifier="DL-1"), region=["2102"])
+    dalian = await stand.send(
+        retimed("cn_rainstorm_orange_zh.xml", identifier="DL-1", at=now), region=["2102"]
+    )
     assert dalian["targets"] == ["2102"] and dalian["gateways_expected"] == 1
     await stand.b.local.wait(
         lambda: dalian["id"] in stand.b.alerts_seen(), what="gw-b shows the Dalian alert"
@@ -232,7 +259,7 @@ async def test_an_operator_alert_reaches_every_screen_and_speaker_of_its_region_
     assert dalian["id"] not in stand.a.alerts_seen() and alert_id in stand.a.alerts_seen()
 
     # The update (red, level 1) replaces the orange one: full screen on every TV.
-    red = await stand.send(retimed("cn_rainstorm_red_update_zh.xml"))
+    red = await stand.send(retimed("cn_rainstorm_red_update_zh.xml", at=now))
     assert red["msg_type"] == "Update" and red["priority"] == 1
     await stand.until(
         lambda: all(o and o["style"] == "fullscreen" and o["color"] == "red" for o in stand.overlays()),
@@ -241,10 +268,10 @@ async def test_an_operator_alert_reaches_every_screen_and_speaker_of_its_region_
     assert (await stand.status(alert_id))["state"] == "updated"
 
     # A Cancel without regions goes where the alert it names went, and clears every screen.
-    cancel = parse_cap_xml(retimed("cn_rainstorm_red_update_zh.xml")).model_copy(
+    cancel = parse_cap_xml(retimed("cn_rainstorm_red_update_zh.xml", at=now)).model_copy(
         update={"identifier": "cancel-1", "msg_type": "Cancel"}
     )
-    red_model = parse_cap_xml(retimed("cn_rainstorm_red_update_zh.xml"))
+    red_model = parse_cap_xml(retimed("cn_rainstorm_red_update_zh.xml", at=now))
     cancel = cancel.model_copy(
         update={
             "references": [
