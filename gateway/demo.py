@@ -218,6 +218,10 @@ def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path) ->
             f"  token:                cloud --data-dir {cloud_dir} token show operator",
             "Send an alert 发送预警:",
             f"  cloud alert example --colour red | cloud --data-dir {cloud_dir} alert send -",
+            f"Pairing PIN 配对码:     gateway pair --state-dir {workdir / 'state'} --id {DEMO_GATEWAY_ID}",
+            "Speak to the living-room speaker 对客厅音箱说话 (also: What's the temperature in the bedroom?):",
+            f"  {enter} curl -s http://127.0.0.33:8080/api/v1/hear -H 'Content-Type: application/json'"
+            """ -d '{"text": "打开客厅的灯"}'""",
             "The home LAN is a private network namespace; to look inside from another terminal:",
             f"  {enter} mosquitto_sub -p {broker.port} -t 'home/#' -v",
             f"  {enter} coap-client-notls -m get coap://127.0.0.21/3303/0",
