@@ -55,6 +55,7 @@ def _blank(gateway_id: str) -> dict[str, Any]:
         "id": gateway_id,
         "received": None,
         "result": None,
+        "timeline": None,
         "displayed": [],
         "spoken": [],
         "acknowledged": None,
@@ -181,8 +182,12 @@ class AlertDesk:
             if r.stage == "received":
                 g["received"] = g["received"] or _iso(r.ts)  # the first one counts
                 g["result"] = g["result"] or r.detail.get("result")
+                g["timeline"] = g["timeline"] or r.detail.get("timeline")
             elif r.stage in _PRESENTED and r.device:
-                g[r.stage].append({"device": r.device, "ts": _iso(r.ts)})
+                entry = {"device": r.device, "ts": _iso(r.ts)}
+                if r.detail.get("dispatched"):
+                    entry["dispatched"] = r.detail["dispatched"]
+                g[r.stage].append(entry)
             elif r.stage == "acknowledged":
                 g["acknowledged"] = _iso(r.ts)
             elif r.stage in ("expired", "cancelled"):

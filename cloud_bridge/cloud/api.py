@@ -297,7 +297,14 @@ class AlertSummary(BaseModel):
 
 class DeviceStage(BaseModel):
     device: str
-    ts: str | None
+    ts: str | None = Field(description="when the device presented it (gateway clock)")
+    dispatched: str | None = Field(default=None, description="when the gateway sent it to the device")
+
+
+class AlertTimeline(BaseModel):
+    verified: str | None = Field(default=None, description="the signature checked, on the gateway")
+    persisted: str | None = Field(default=None, description="kept in the gateway's registry")
+    dispatched: str | None = Field(default=None, description="sent to every TV and speaker")
 
 
 class AlertEnd(BaseModel):
@@ -309,6 +316,7 @@ class GatewayAlertStatus(BaseModel):
     id: str
     received: str | None
     result: str | None = Field(description="verified, or why the gateway did not present it")
+    timeline: AlertTimeline | None = None
     displayed: list[DeviceStage]
     spoken: list[DeviceStage]
     acknowledged: str | None

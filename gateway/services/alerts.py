@@ -80,10 +80,16 @@ class _Active:
     announced: int = 0
     next_announce: float = math.inf
     presented_to: set[str] = field(default_factory=set)
+    #: When this alert was verified (or raised), persisted and last dispatched to the devices.
+    timeline: dict[str, str] = field(default_factory=dict)
 
 
 def _utc(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _utc_ms(ts: datetime | None = None) -> str:
+    return (ts or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AlertService:
@@ -253,13 +259,21 @@ class AlertService:
             received_at=now,
         )
         await self._registry.save_alert(row)  # kept before anything is shown or receipted
-        item = _Active(row, model, self._info(model))
+        item = _Active(
+            row, model, self._info(model), timeline={"verified": _utc_ms(now), "persisted": _utc_ms()}
+        )
         self._active[alert_id] = item
         self._count("accepted")
         log.warning(
             "ALERT %s level %d %s: %s", alert_id, level, model.status, item.info.headline or item.info.event
         )
-        await self._send_receipt(alert_id, "received", level=level, result="local" if local else "verified")
+        await self._send_receipt(
+            alert_id,
+            "received",
+            level=level,
+            result="local" if local else "verified",
+            timeline=dict(item.timeline),
+        )
         await self._present(item)
         self._changed.set()
         return "presented"
@@ -381,6 +395,7 @@ class AlertService:
         return True
 
     async def _present(self, item: _Active, *, again: bool = False) -> None:
+        item.timeline["dispatched"] = _utc_ms()
         level = item.row.level
         overlay = self._overlay(item)
         tv_values: dict[str, Any] = {"overlay": overlay}
@@ -401,14 +416,26 @@ class AlertService:
     async def _show(self, item: _Active, tv: Device, values: dict[str, Any]) -> None:
         if await self._command(tv, values):
             item.presented_to.add(tv.info.id)
-            await self._send_receipt(item.row.id, "displayed", device=tv.info.id, level=item.row.level)
+            await self._send_receipt(
+                item.row.id,
+                "displayed",
+                device=tv.info.id,
+                level=item.row.level,
+                dispatched=item.timeline["dispatched"],
+            )
 
     async def _announce(self, item: _Active) -> None:
         speech = self._speech(item)
 
         async def say(speaker: Device) -> None:
             if await self._command(speaker, speech):
-                await self._send_receipt(item.row.id, "spoken", device=speaker.info.id, level=item.row.level)
+                await self._send_receipt(
+                    item.row.id,
+                    "spoken",
+                    device=speaker.info.id,
+                    level=item.row.level,
+                    dispatched=item.timeline["dispatched"],
+                )
 
         await asyncio.gather(*(say(s) for s in self._speakers()))
         item.announced += 1
@@ -609,7 +636,7 @@ class AlertService:
     async def _send_receipt(self, alert_id: str, stage: str, **extra: Any) -> None:
         if self._receipt is None:
             return
-        payload = {"alert_id": alert_id, "stage": stage, "ts": _utc(datetime.now(UTC)), **extra}
+        payload = {"alert_id": alert_id, "stage": stage, "ts": _utc_ms(), **extra}
         try:
             await self._receipt(payload)
         except Exception:  # the outbox is full or closed: presentation must go on

@@ -227,6 +227,14 @@ async def test_an_operator_alert_reaches_every_screen_and_speaker_of_its_region_
     assert gw["id"] == "gw-a" and gw["result"] == "verified"
     assert sorted(d["device"] for d in gw["displayed"]) == ["bfy-tv-c1", "bfy-tv-c2"]
     assert sorted(d["device"] for d in gw["spoken"]) == ["bfy-speaker-c1", "bfy-speaker-c2"]
+    # Every stage is timestamped: accepted by the cloud, verified, persisted and dispatched by
+    # the gateway, presented by each device — in that order (one machine, one clock).
+    line = gw["timeline"]
+    for shown in gw["displayed"] + gw["spoken"]:
+        stamps = [st["accepted_at"], line["verified"], line["persisted"], shown["dispatched"], shown["ts"]]
+        assert [datetime.fromisoformat(t) for t in stamps] == sorted(
+            datetime.fromisoformat(t) for t in stamps
+        )
 
     # The installer's view on the box, and OK pressed from it: the cloud hears of it.
     common = ("--state-dir", str(stand.a.state_dir), "--id", "gw-a")

@@ -121,13 +121,14 @@ async def test_targeting_idempotency_and_records(cloud: CloudHarness) -> None:
         await cloud.provision(gw, household=f"H-{gw}", region=region)
     post = cloud.api.post
     # Without ?region=, the CAP geocodes: 210102 and 210103000000 (written padded).
-    resp = await post("/v1/alerts", content=now_cap("cn_rainstorm_orange_zh.xml"), headers=XML)
+    orange = now_cap("cn_rainstorm_orange_zh.xml")  # once: a second later it would be a new message
+    resp = await post("/v1/alerts", content=orange, headers=XML)
     assert resp.status_code == 201, resp.text
     first = resp.json()
     assert first["targets"] == ["210102", "210103"] and first["gateways_expected"] == 2
     assert resp.headers["location"] == f"/v1/alerts/{first['id']}"
     # The same message again: the same record, not sent again.
-    again = await post("/v1/alerts", content=now_cap("cn_rainstorm_orange_zh.xml"), headers=XML)
+    again = await post("/v1/alerts", content=orange, headers=XML)
     assert (
         again.status_code == 200 and again.json()["duplicate"] is True and again.json()["id"] == first["id"]
     )

@@ -188,10 +188,13 @@ class VoiceService:
         return answer
 
     def _complete(self, pending: _Pending, match: Match | None, text: str, lang: str) -> Match | None:
-        """An answer to our question ("哪个房间的灯?" → "客厅") fills the missing room."""
+        """An answer to our question ("哪个房间的灯?" → "客厅") fills the missing room. A new
+        request ("关闭客厅的灯", "客厅现在多少度") is not an answer: it is handled as itself."""
         self._refresh_home()
         room = None
-        if match is not None and "area" in match.slots and len(match.slots) == 1:
+        if match is not None:
+            if set(match.slots) != {"area"}:
+                return None
             room = match.slots["area"]
         else:
             norm = normalize(text, lang).lower()
