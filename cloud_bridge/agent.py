@@ -104,6 +104,10 @@ class CloudAgent:
             reconnect_max_s=reconnect_max_s,
             will=Will(topics.presence(identity.gateway_id), b"offline", qos=1, retain=True),
             clean_session=False,  # QoS 1 messages sent while we were away arrive when we return
+            # The outbox resends what the cloud has not acknowledged, oldest first. Were paho to
+            # resend its own unacknowledged publishes on reconnect, a newer event could overtake
+            # an older one that the crashed broker had acknowledged and lost.
+            resend_unacked=False,
             name="cloud",
         )
         self._handlers: dict[str, Handler] = {

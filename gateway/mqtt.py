@@ -169,6 +169,7 @@ class MqttClient:
         reconnect_max_s: float = 2.0,
         will: Will | None = None,
         clean_session: bool = True,
+        resend_unacked: bool = True,
         max_inflight: int = _MAX_INFLIGHT,
         read_buffer: bool = True,
         name: str = "mqtt",
@@ -180,6 +181,10 @@ class MqttClient:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._name = name
+        #: False: QoS 1 publishes not acknowledged when the connection drops are dropped and their
+        #: futures fail, instead of paho sending them again first thing on the next connection
+        #: (for a caller with its own durable resend, which must decide the order).
+        self._resend_unacked = resend_unacked
         self._subs: dict[str, tuple[int, list[Handler]]] = {}
         self._connect_hooks: list[Callable[[], None]] = []
         self._acks: dict[int, asyncio.Future[None]] = {}
@@ -417,6 +422,11 @@ class MqttClient:
 
     def _teardown(self) -> None:
         self._connected.clear()
+        if not self._resend_unacked:
+            for message in self._paho.drop_out_messages():
+                fut = self._acks.pop(message.mid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(BrokerError(f"{self._name}: connection lost before the PUBACK"))
         if self._sock is not None:
             # Closing via paho's own path fires on_socket_close, which removes the reader.
             with contextlib.suppress(Exception):

@@ -135,7 +135,8 @@ class TerminalAdapter:
         self._sessions: dict[str, _Session] = {}
         self._by_service: dict[str, str] = {}
         self._changes: asyncio.Queue[tuple[str, _Session | None]] = asyncio.Queue(1000)
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None  # /info and the event streams
+        self._commands: httpx.AsyncClient | None = None
         self._warned: dict[str, float] = {}
         self.bad_messages = 0
 
@@ -184,8 +185,13 @@ class TerminalAdapter:
         timeout = httpx.Timeout(self._http_timeout_s, read=self._event_timeout_s)
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         running: dict[str, asyncio.Task[None]] = {}
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            self._client = client
+        # Commands get a pool of their own: httpcore rescans every pooled connection at each
+        # request, and the long-lived event streams would make every command pay for them.
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client,
+            httpx.AsyncClient(timeout=self._http_timeout_s, limits=limits, trust_env=False) as commands,
+        ):
+            self._client, self._commands = client, commands
             try:
                 async with asyncio.TaskGroup() as tg:
                     while True:
@@ -198,7 +204,7 @@ class TerminalAdapter:
                                 self._session(session), name=f"terminal-{dev_id}"
                             )
             finally:
-                self._client = None
+                self._client = self._commands = None
 
     async def _session(self, s: _Session) -> None:
         assert self._client is not None
@@ -284,10 +290,10 @@ class TerminalAdapter:
 
     async def command(self, device_id: str, values: Mapping[str, Any]) -> None:
         s = self._sessions.get(device_id)
-        if s is None or self._client is None:
+        if s is None or self._commands is None:
             raise DeviceError(device_id, "device_offline", "the terminal is not on the network")
         try:
-            r = await self._client.post(
+            r = await self._commands.post(
                 f"{s.base_url}/command", json=dict(values), timeout=self._http_timeout_s
             )
         except httpx.HTTPError as exc:

@@ -267,14 +267,18 @@ class AlertService:
         log.warning(
             "ALERT %s level %d %s: %s", alert_id, level, model.status, item.info.headline or item.info.event
         )
-        await self._send_receipt(
-            alert_id,
-            "received",
-            level=level,
-            result="local" if local else "verified",
-            timeline=dict(item.timeline),
+        # The alert is on disk already: its receipt is written while it is being presented.
+        received = asyncio.create_task(
+            self._send_receipt(
+                alert_id,
+                "received",
+                level=level,
+                result="local" if local else "verified",
+                timeline=dict(item.timeline),
+            )
         )
         await self._present(item)
+        await received
         self._changed.set()
         return "presented"
 
@@ -407,11 +411,10 @@ class AlertService:
                 values["volume"] = max(int(tv.state.get("volume", 0) or 0), _ALERT_VOLUME)
                 values["muted"] = False
             tasks.append(self._show(item, tv, values))
+        if item.row.state != "acknowledged":
+            tasks.append(self._announce(item))  # speakers at the same time as the screens
         await asyncio.gather(*tasks)
         self._hub.emit_event("alert", self.view(item))
-        if item.row.state == "acknowledged":
-            return
-        await self._announce(item)
 
     async def _show(self, item: _Active, tv: Device, values: dict[str, Any]) -> None:
         if await self._command(tv, values):

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import signal
 import subprocess
 
 import paho.mqtt.client as paho
+import pytest
 
 from gateway.broker import PrivateBroker
+from gateway.errors import BrokerError
 from gateway.mqtt import Message, MqttClient, Will, _PahoClient
+from tests.helpers import Watcher
 
 
 def client(broker: PrivateBroker, name: str, **kw: object) -> MqttClient:
@@ -157,3 +162,33 @@ def test_paho_still_has_the_hook_we_override() -> None:
     """We override paho's private `_create_socket` to buffer reads; fail loudly if it changes."""
     assert inspect.signature(paho.Client._create_socket).parameters.keys() == {"self"}
     assert _PahoClient._create_socket is not paho.Client._create_socket
+
+
+@pytest.mark.parametrize("resend", [True, False])
+async def test_unacknowledged_publishes_after_a_crash_are_resent_only_when_asked(
+    broker: PrivateBroker, resend: bool
+) -> None:
+    """A broker that dies before its PUBACK: paho resends the publish first thing on the next
+    connection, unless `resend_unacked=False` (the cloud agent, whose outbox decides the order)."""
+    c = client(broker, f"t-resend-{resend}", clean_session=False, resend_unacked=resend,
+               reconnect_min_s=1.0, reconnect_max_s=1.0)  # fmt: skip
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(c.run())
+        await c.wait_connected(5)
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)  # frozen: no PUBACK will come
+        stale = c.publish_future("t/order", b"stale")
+        await broker.kill()
+        if resend:
+            assert not stale.done()  # still in paho's queue, to be sent again
+        else:
+            with pytest.raises(BrokerError):
+                await stale
+        await broker.start()
+        async with Watcher(broker, "t/order", name="t-resend-watcher") as seen:
+            await c.wait_connected(10)  # our client comes back after the watcher subscribed
+            await c.publish_acked("t/order", b"marker")
+            await seen.wait(lambda: b"marker" in [m.payload for m in seen.messages], what="the marker")
+            assert [m.payload for m in seen.messages] == ([b"stale", b"marker"] if resend else [b"marker"])
+        await c.close()
+        task.cancel()
