@@ -137,6 +137,11 @@ class CloudAgent:
     # -- wiring ---------------------------------------------------------------------------
 
     @property
+    def gateway_id(self) -> str:
+        """This box's id at the cloud (from provisioning; may differ from the local `id`)."""
+        return self._id.gateway_id
+
+    @property
     def region(self) -> str:
         return self._id.region
 

@@ -40,6 +40,8 @@ from gateway.hub import Hub
 from gateway.mqtt import MqttClient, Will
 from gateway.registry import Registry
 from gateway.services.alerts import AlertPolicy, AlertService
+from gateway.services.commerce import OperatorServices, commerce_router
+from gateway.services.govservice import GovDesk, govservice_router
 from gateway.services.pairing import Pairing, pairing_router
 from gateway.services.tvmenu import tvmenu_router
 from gateway.services.voice import VoiceService
@@ -82,6 +84,8 @@ class Gateway:
         self.cloud: CloudAgent | None = None
         self.voice: VoiceService | None = None
         self.alerts: AlertService | None = None
+        self.services: OperatorServices | None = None
+        self.gov: GovDesk | None = None
         #: 0 after a normal stop; non-zero when the operator asked for a restart (systemd's
         #: Restart=on-failure brings the daemon back).
         self.exit_code = 0
@@ -196,6 +200,7 @@ class Gateway:
         tasks: list[asyncio.Task[None]] = []
         async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
             agent = await self._cloud_agent(stack, hub, bus)
+            await self._services(stack, agent)
             if agent is not None:
                 self._link_alerts(agent, alerts)
                 tasks.append(tg.create_task(agent.run(), name="cloud"))
@@ -242,11 +247,29 @@ class Gateway:
         menu = tvmenu_router(
             ctx,
             alerts,
+            services=self.services,
             region=agent.region if agent is not None else "",
             household=agent.household if agent is not None else "",
             language=s.alerts.language,
         )
-        return create_app(ctx, routers=(menu, pairing_router(pairing)))
+        routers = [menu, pairing_router(pairing)]
+        if self.services is not None and self.gov is not None:
+            routers += [commerce_router(self.services), govservice_router(self.gov)]
+        return create_app(ctx, routers=tuple(routers))
+
+    async def _services(self, stack: contextlib.AsyncExitStack, agent: CloudAgent | None) -> None:
+        """Operator services (shop, government, information): pushed definitions cached on the
+        box, orders and bookings kept until the cloud answers."""
+        services = await stack.enter_async_context(
+            OperatorServices(self.settings.state_dir, region=agent.region if agent is not None else "")
+        )
+        gov = GovDesk(services)
+        if agent is not None:
+            services.link(agent)
+            gov.link(agent)
+            await services.resume()
+            await gov.resume()
+        self.services, self.gov = services, gov
 
     @staticmethod
     def _link_alerts(agent: CloudAgent, alerts: AlertService) -> None:

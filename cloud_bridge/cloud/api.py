@@ -32,7 +32,9 @@ from cloud_bridge.cloud.alerts import AlertDesk, AlertTargetError
 from cloud_bridge.cloud.broker import CLOUD_CLIENT_CN
 from cloud_bridge.cloud.db import CloudDB, CommandRow, GatewayRow
 from cloud_bridge.cloud.service import CloudService, CloudUnavailable
+from cloud_bridge.cloud.shop import ShopError, validate_definition
 from cloud_bridge.protocol import BridgeError, TrustedKey, iso, region_prefixes, utc_now
+from cloud_bridge.services import MAX_PRICE_FEN, DefinitionError, OrderState
 from gateway import __version__
 
 __all__ = ["ApiContext", "Tokens", "code_hash", "create_app", "new_code", "normalize_code"]
@@ -522,6 +524,20 @@ def _open_router() -> APIRouter:
             api_url=ctx.api_url,
         )
 
+    @r.get("/shop/pay/{order_id}", responses={404: {"model": ProblemResponse}})
+    async def pay_page(ctx: Ctx, order_id: str, t: Annotated[str, Query(max_length=64)] = "") -> PaymentPage:
+        """Where the TV's payment QR code leads (authenticated by the token in the URL). The
+        reference cloud only simulates the provider: payment is confirmed by its callback."""
+        row = await ctx.db.shop_order_by_id(order_id)
+        if row is None or not hmac.compare_digest(t.encode(), row.pay_token.encode()):
+            raise _problem(404, "unknown_order", "no such payment")
+        return PaymentPage(
+            order_id=row.id,
+            total_fen=row.total_fen,
+            state=row.state,
+            message="simulated payment provider: POST /v1/shop/payments/{order_id}/callback confirms it",
+        )
+
     return r
 
 
@@ -659,14 +675,41 @@ def _operator_router() -> APIRouter:
             for e in rows
         ]
 
-    @r.post("/services/push", responses={503: {"model": ProblemResponse}})
+    @r.post(
+        "/services/push",
+        responses={
+            400: {"model": ProblemResponse, "description": "invalid_service (with `reasons`)"},
+            409: {"model": ProblemResponse, "description": "stale_version"},
+            503: {"model": ProblemResponse},
+        },
+    )
     async def push(ctx: Ctx, body: PushIn) -> PushOut:
-        """One signed `service` envelope (payload = `service`), published once per target topic."""
+        """One signed `service` envelope (payload = `service`), published once per target topic.
+
+        A service with a `kind` (`shop`, `gov`, `info`) or `withdrawn: true` is a definition
+        (cloud_bridge/services.py): validated (400 with reasons), stored, then pushed. Without
+        either it is pushed as given (the generic push of earlier versions)."""
         target = body.target.model_dump(exclude_none=True)
         for gateway_id in body.target.gateways or []:
             await _gateway_or_404(ctx, gateway_id)
+        service = body.service.model_dump()
+        if "kind" in service or "withdrawn" in service:
+            # A typed definition (shop, gov, info, or a withdrawal): validated as the gateway will,
+            # stored (catalog, price and stock), and pushed in its normalized form.
+            try:
+                definition = validate_definition(service)
+            except DefinitionError as exc:
+                raise HTTPException(
+                    400,
+                    {"reason": "invalid_service", "message": str(exc)[:2000], "reasons": exc.reasons[:50]},
+                ) from exc
+            try:
+                await ctx.service.shop.define(definition)
+            except ShopError as exc:
+                raise _problem(exc.status, exc.reason, str(exc)) from exc
+            service = definition.model_dump(mode="json", exclude_none=True)
         try:
-            row = await ctx.service.push_service(target, body.service.model_dump())
+            row = await ctx.service.push_service(target, service)
         except CloudUnavailable as exc:
             raise _problem(503, "mqtt_unavailable", str(exc)) from exc
         return PushOut(id=row.id, topics=row.topics)
@@ -829,6 +872,197 @@ def _operator_router() -> APIRouter:
     return r
 
 
+# -- shop and government services ----------------------------------------------------------------
+
+
+class PaymentPage(BaseModel):
+    order_id: str
+    total_fen: int
+    state: str
+    message: str
+
+
+class ShopItemOut(BaseModel):
+    service_id: str
+    item_id: str
+    title: str
+    price_fen: int
+    stock: int
+
+
+class ShopItemPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    price_fen: int | None = Field(default=None, ge=0, le=MAX_PRICE_FEN)
+    stock: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class ShopOrderOut(BaseModel):
+    id: str
+    gateway_id: str
+    key: str = Field(description="the box's idempotency key")
+    service_id: str
+    lines: list[dict[str, Any]]
+    total_fen: int
+    state: str
+    reason: str | None
+    pay_url: str | None = Field(description="while confirmed: what the TV shows as a QR code")
+    created_at: str
+    updated_at: str
+
+
+class OrderStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["shipped", "delivered", "cancelled"]
+
+
+class DefinitionOut(BaseModel):
+    service_id: str
+    kind: str
+    version: int
+    withdrawn: bool
+    definition: dict[str, Any]
+    updated_at: str
+
+
+class BackendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    online: bool
+
+
+class BookingOut(BaseModel):
+    id: str
+    gateway_id: str
+    key: str
+    service_id: str
+    appointment_id: str
+    slot_id: str
+    state: str
+    created_at: str
+
+
+def _shop_error(exc: ShopError) -> HTTPException:
+    return _problem(exc.status, exc.reason, str(exc))
+
+
+def _services_router() -> APIRouter:
+    r = APIRouter(
+        prefix="/v1", tags=["services"], dependencies=[Depends(require_operator)], responses=_ERRORS
+    )
+
+    def order_out(ctx: ApiContext, o: Any) -> ShopOrderOut:
+        return ShopOrderOut(
+            id=o.id, gateway_id=o.gateway_id, key=o.order_key, service_id=o.service_id, lines=o.lines,
+            total_fen=o.total_fen, state=o.state, reason=o.reason,
+            pay_url=ctx.service.shop.pay_url(o) if o.state == OrderState.CONFIRMED else None,
+            created_at=iso(o.created_at), updated_at=iso(o.updated_at),
+        )  # fmt: skip
+
+    @r.get("/services/definitions")
+    async def definitions(ctx: Ctx) -> list[DefinitionOut]:
+        """The newest definition of every service pushed with a `kind` (withdrawn ones included)."""
+        return [
+            DefinitionOut(
+                service_id=d.service_id,
+                kind=d.kind,
+                version=d.version,
+                withdrawn=d.withdrawn,
+                definition=d.definition,
+                updated_at=iso(d.updated_at),
+            )
+            for d in await ctx.db.definitions()
+        ]
+
+    @r.get("/shop/{service_id}/items")
+    async def shop_items(ctx: Ctx, service_id: str) -> list[ShopItemOut]:
+        """Current price and stock of a shop's items (as orders are checked against them)."""
+        return [
+            ShopItemOut(
+                service_id=i.service_id,
+                item_id=i.item_id,
+                title=i.title,
+                price_fen=i.price_fen,
+                stock=i.stock,
+            )
+            for i in await ctx.db.shop_items(service_id)
+        ]
+
+    @r.patch("/shop/{service_id}/items/{item_id}")
+    async def shop_item(ctx: Ctx, service_id: str, item_id: str, body: ShopItemPatch) -> ShopItemOut:
+        """Catalog admin: change an item's price or stock now (a changed price is shown to the
+        household at its next order, before it confirms again)."""
+        row = await ctx.db.set_shop_item(service_id, item_id, price_fen=body.price_fen, stock=body.stock)
+        if row is None:
+            raise _problem(404, "unknown_item", f"no item {item_id!r} in {service_id!r}")
+        return ShopItemOut(
+            service_id=row.service_id, item_id=row.item_id, title=row.title, price_fen=row.price_fen,
+            stock=row.stock,
+        )  # fmt: skip
+
+    @r.get("/shop/orders")
+    async def shop_orders(
+        ctx: Ctx,
+        gateway_id: str | None = None,
+        service_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> list[ShopOrderOut]:
+        """Newest first; attempts that were not placed (price_changed, rejected) included."""
+        rows = await ctx.db.shop_orders(gateway_id=gateway_id, service_id=service_id, limit=limit)
+        return [order_out(ctx, o) for o in rows]
+
+    @r.get("/shop/orders/{order_id}")
+    async def shop_order(ctx: Ctx, order_id: str) -> ShopOrderOut:
+        row = await ctx.db.shop_order_by_id(order_id)
+        if row is None:
+            raise _problem(404, "unknown_order", f"no order {order_id!r}")
+        return order_out(ctx, row)
+
+    @r.post("/shop/orders/{order_id}/status", responses={409: {"model": ProblemResponse}})
+    async def order_status(ctx: Ctx, order_id: str, body: OrderStatusIn) -> ShopOrderOut:
+        """The operator ships, delivers or cancels an order; the box is told."""
+        try:
+            row = await ctx.service.shop.set_status(order_id, OrderState(body.state))
+        except ShopError as exc:
+            raise _shop_error(exc) from exc
+        return order_out(ctx, row)
+
+    @r.post("/shop/payments/{order_id}/callback", responses={409: {"model": ProblemResponse}})
+    async def payment_callback(ctx: Ctx, order_id: str) -> ShopOrderOut:
+        """Simulates the payment provider's callback: the order is paid (idempotent); the box is told."""
+        try:
+            row = await ctx.service.shop.payment_callback(order_id)
+        except ShopError as exc:
+            raise _shop_error(exc) from exc
+        return order_out(ctx, row)
+
+    @r.put("/gov/{service_id}/backend", status_code=204)
+    async def gov_backend(ctx: Ctx, service_id: str, body: BackendIn) -> None:
+        """Take a government back end offline (queries go unanswered) or bring it back."""
+        ctx.service.gov.set_online(service_id, body.online)
+
+    @r.get("/gov/bookings")
+    async def gov_bookings(
+        ctx: Ctx, service_id: str | None = None, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> list[BookingOut]:
+        return [
+            BookingOut(
+                id=b.id,
+                gateway_id=b.gateway_id,
+                key=b.booking_key,
+                service_id=b.service_id,
+                appointment_id=b.appointment_id,
+                slot_id=b.slot_id,
+                state=b.state,
+                created_at=iso(b.created_at),
+            )
+            for b in await ctx.db.bookings(service_id=service_id, limit=limit)
+        ]
+
+    return r
+
+
 def _headline(alert: dict[str, Any]) -> str | None:
     infos = alert.get("infos") or [{}]
     first = infos[0] if isinstance(infos[0], dict) else {}
@@ -879,4 +1113,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(_open_router())
     app.include_router(_installer_router())
     app.include_router(_operator_router())
+    app.include_router(_services_router())
+    ctx.service.shop.pay_base = ctx.api_url
     return app

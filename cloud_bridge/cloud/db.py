@@ -25,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
-from tortoise.exceptions import BaseORMException, ConfigurationError
+from tortoise.exceptions import BaseORMException, ConfigurationError, IntegrityError
+from tortoise.expressions import F
 from tortoise.functions import Count
 from tortoise.migrations.executor import MigrationExecutor
 from tortoise.transactions import in_transaction
@@ -36,15 +37,19 @@ from cloud_bridge.protocol import BridgeError
 __all__ = [
     "AlertRow",
     "Batch",
+    "BookingRow",
     "CloudDB",
     "CloudDBError",
     "CommandRow",
+    "DefinitionRow",
     "GatewayRow",
     "NewUplink",
     "PushRow",
     "ReceiptRow",
     "SecurityEventRow",
     "ShadowRow",
+    "ShopItemRow",
+    "ShopOrderRow",
     "UplinkRow",
     "WorkOrderRow",
     "redact_url",
@@ -230,6 +235,69 @@ class ReceiptRow:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class DefinitionRow:
+    service_id: str
+    kind: str
+    version: int
+    withdrawn: bool
+    definition: dict[str, Any]
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ShopItemRow:
+    service_id: str
+    item_id: str
+    title: str
+    price_fen: int
+    stock: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShopOrderRow:
+    id: str
+    gateway_id: str
+    order_key: str
+    service_id: str
+    lines: list[dict[str, Any]]
+    total_fen: int
+    state: str
+    reason: str | None
+    pay_token: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BookingRow:
+    id: str
+    gateway_id: str
+    booking_key: str
+    service_id: str
+    appointment_id: str
+    slot_id: str
+    state: str
+    created_at: datetime
+
+
+def _definition_row(d: m.ServiceDefinition) -> DefinitionRow:
+    return DefinitionRow(d.service_id, d.kind, d.version, d.withdrawn, dict(d.definition), d.updated_at)
+
+
+def _order_row(o: m.ShopOrder) -> ShopOrderRow:
+    return ShopOrderRow(
+        o.id, o.gateway_id, o.order_key, o.service_id, list(o.lines), o.total_fen, o.state, o.reason,
+        o.pay_token, o.created_at, o.updated_at,
+    )  # fmt: skip
+
+
+def _booking_row(b: m.GovBooking) -> BookingRow:
+    return BookingRow(
+        b.id, b.gateway_id, b.booking_key, b.service_id, b.appointment_id, b.slot_id, b.state, b.created_at
+    )
+
+
 def _alert_row(a: m.CloudAlert) -> AlertRow:
     return AlertRow(
         a.id, a.envelope_id, dict(a.alert), a.priority, a.msg_type, a.status, list(a.targets),
@@ -400,6 +468,66 @@ class Batch:
                 ],
                 using_db=self._conn,
             )
+
+    # -- shop and government services (inside the uplink's group commit) ----------------------
+
+    async def gateway_region(self, gateway_id: str) -> str | None:
+        rows = await m.Gateway.filter(id=gateway_id).using_db(self._conn).values_list("region", flat=True)
+        return str(rows[0]) if rows else None
+
+    async def definition(self, service_id: str) -> DefinitionRow | None:
+        d = await m.ServiceDefinition.filter(service_id=service_id).using_db(self._conn).first()
+        return _definition_row(d) if d is not None else None
+
+    async def shop_items(self, service_id: str) -> dict[str, ShopItemRow]:
+        rows = await m.ShopItem.filter(service_id=service_id).using_db(self._conn)
+        return {r.item_id: ShopItemRow(r.service_id, r.item_id, r.title, r.price_fen, r.stock) for r in rows}
+
+    async def take_stock(self, service_id: str, item_id: str, quantity: int) -> bool:
+        """Take `quantity` off the stock if that much is there (one conditional UPDATE)."""
+        updated = (
+            await m.ShopItem.filter(service_id=service_id, item_id=item_id, stock__gte=quantity)
+            .using_db(self._conn)
+            .update(stock=F("stock") - quantity)
+        )
+        return bool(updated)
+
+    async def shop_order(self, gateway_id: str, order_key: str) -> ShopOrderRow | None:
+        o = await m.ShopOrder.filter(gateway_id=gateway_id, order_key=order_key).using_db(self._conn).first()
+        return _order_row(o) if o is not None else None
+
+    async def add_shop_order(self, row: ShopOrderRow) -> None:
+        await m.ShopOrder.create(
+            using_db=self._conn,
+            id=row.id, gateway_id=row.gateway_id, order_key=row.order_key, service_id=row.service_id,
+            lines=row.lines, total_fen=row.total_fen, state=row.state, reason=row.reason,
+            pay_token=row.pay_token, created_at=row.created_at, updated_at=row.updated_at,
+        )  # fmt: skip
+
+    async def booking(self, gateway_id: str, booking_key: str) -> BookingRow | None:
+        b = (
+            await m.GovBooking.filter(gateway_id=gateway_id, booking_key=booking_key)
+            .using_db(self._conn)
+            .first()
+        )
+        return _booking_row(b) if b is not None else None
+
+    async def booked(self, service_id: str, appointment_id: str, slot_id: str) -> int:
+        return int(
+            await m.GovBooking.filter(
+                service_id=service_id, appointment_id=appointment_id, slot_id=slot_id, state="booked"
+            )
+            .using_db(self._conn)
+            .count()
+        )
+
+    async def add_booking(self, row: BookingRow) -> None:
+        await m.GovBooking.create(
+            using_db=self._conn,
+            id=row.id, gateway_id=row.gateway_id, booking_key=row.booking_key, service_id=row.service_id,
+            appointment_id=row.appointment_id, slot_id=row.slot_id, state=row.state,
+            created_at=row.created_at,
+        )  # fmt: skip
 
 
 class CloudDB:
@@ -781,3 +909,113 @@ class CloudDB:
             SecurityEventRow(e.at, e.gateway_id, e.source, e.reason, e.detail, e.envelope_id, e.n)
             for e in rows
         ]
+
+    # -- service definitions, shop, bookings -----------------------------------------------------
+
+    async def save_definition(
+        self,
+        row: DefinitionRow,
+        items: Sequence[ShopItemRow] | None = None,
+    ) -> None:
+        """Store the newest definition of a service; `items` (a shop's) set price and stock."""
+        self._check()
+        try:
+            async with in_transaction(self._conn_name) as conn:
+                await m.ServiceDefinition.update_or_create(
+                    service_id=row.service_id,
+                    defaults={
+                        "kind": row.kind, "version": row.version, "withdrawn": row.withdrawn,
+                        "definition": row.definition, "updated_at": row.updated_at,
+                    },
+                    using_db=conn,
+                )  # fmt: skip
+                if items:
+                    await m.ShopItem.bulk_create(
+                        [
+                            m.ShopItem(
+                                service_id=i.service_id,
+                                item_id=i.item_id,
+                                title=i.title,
+                                price_fen=i.price_fen,
+                                stock=i.stock,
+                            )
+                            for i in items
+                        ],
+                        on_conflict=["service_id", "item_id"],
+                        update_fields=["title", "price_fen", "stock"],
+                        using_db=conn,
+                    )
+        except BaseORMException as exc:
+            raise CloudDBError(f"cannot store service {row.service_id}: {exc}") from exc
+
+    async def definition(self, service_id: str) -> DefinitionRow | None:
+        self._check()
+        d = await m.ServiceDefinition.get_or_none(service_id=service_id)
+        return _definition_row(d) if d is not None else None
+
+    async def definitions(self) -> list[DefinitionRow]:
+        self._check()
+        return [_definition_row(d) for d in await m.ServiceDefinition.all().order_by("service_id")]
+
+    async def shop_items(self, service_id: str) -> list[ShopItemRow]:
+        self._check()
+        rows = await m.ShopItem.filter(service_id=service_id).order_by("n")
+        return [ShopItemRow(r.service_id, r.item_id, r.title, r.price_fen, r.stock) for r in rows]
+
+    async def set_shop_item(
+        self, service_id: str, item_id: str, *, price_fen: int | None = None, stock: int | None = None
+    ) -> ShopItemRow | None:
+        self._check()
+        values: dict[str, Any] = {}
+        if price_fen is not None:
+            values["price_fen"] = price_fen
+        if stock is not None:
+            values["stock"] = stock
+        if values:
+            await m.ShopItem.filter(service_id=service_id, item_id=item_id).update(**values)
+        r = await m.ShopItem.get_or_none(service_id=service_id, item_id=item_id)
+        return ShopItemRow(r.service_id, r.item_id, r.title, r.price_fen, r.stock) if r else None
+
+    async def shop_order_by_id(self, order_id: str) -> ShopOrderRow | None:
+        self._check()
+        o = await m.ShopOrder.get_or_none(id=order_id)
+        return _order_row(o) if o is not None else None
+
+    async def shop_orders(
+        self, *, gateway_id: str | None = None, service_id: str | None = None, limit: int = 100
+    ) -> list[ShopOrderRow]:
+        self._check()
+        q = m.ShopOrder.all()
+        if gateway_id:
+            q = q.filter(gateway_id=gateway_id)
+        if service_id:
+            q = q.filter(service_id=service_id)
+        return [_order_row(o) for o in await q.order_by("-created_at", "id").limit(limit)]
+
+    async def shop_orders_by_keys(self, gateway_id: str, keys: Sequence[str]) -> list[ShopOrderRow]:
+        self._check()
+        out: list[ShopOrderRow] = []
+        for chunk in _chunks(list(keys)):
+            rows = await m.ShopOrder.filter(gateway_id=gateway_id, order_key__in=list(chunk))
+            out += [_order_row(o) for o in rows]
+        return out
+
+    async def set_order_state(
+        self, order_id: str, *, from_states: Iterable[str], state: str, at: datetime
+    ) -> bool:
+        """Move an order to `state` if it is in one of `from_states` now (compare-and-set)."""
+        self._check()
+        try:
+            updated = await m.ShopOrder.filter(id=order_id, state__in=list(from_states)).update(
+                state=state, updated_at=at
+            )
+        except IntegrityError as exc:
+            raise CloudDBError(f"cannot update order {order_id}: {exc}") from exc
+        return bool(updated)
+
+    async def bookings(self, *, service_id: str | None = None, limit: int = 100) -> list[BookingRow]:
+        self._check()
+        q = m.GovBooking.all()
+        if service_id:
+            q = q.filter(service_id=service_id)
+        return [_booking_row(b) for b in await q.order_by("-created_at", "id").limit(limit)]

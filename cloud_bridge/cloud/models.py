@@ -157,3 +157,70 @@ class AlertReceipt(Model):
 
     class Meta:
         table = "alert_receipts"
+
+
+class ServiceDefinition(Model):
+    """The newest definition the operator pushed for each service (shop catalogs come from here)."""
+
+    service_id = fields.CharField(max_length=64, primary_key=True)
+    kind = fields.CharField(max_length=8)
+    version = fields.BigIntField()
+    withdrawn = fields.BooleanField(default=False)
+    definition: fields.JSONField[dict[str, Any]] = fields.JSONField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "service_definitions"
+
+
+class ShopItem(Model):
+    """Price and stock the shop back end checks orders against (stock is taken once per order)."""
+
+    n = fields.BigIntField(primary_key=True)
+    service_id = fields.CharField(max_length=64)
+    item_id = fields.CharField(max_length=64)
+    title = fields.CharField(max_length=64)
+    price_fen = fields.BigIntField()
+    stock = fields.BigIntField()
+
+    class Meta:
+        table = "shop_items"
+        unique_together = (("service_id", "item_id"),)
+
+
+class ShopOrder(Model):
+    """One order attempt, keyed by the box's idempotency key: redeliveries find it again."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    gateway_id = fields.CharField(max_length=48, db_index=True)
+    order_key = fields.CharField(max_length=64)
+    service_id = fields.CharField(max_length=64)
+    lines: fields.JSONField[list[dict[str, Any]]] = fields.JSONField()
+    total_fen = fields.BigIntField()
+    # confirmed, price_changed, rejected, paid, shipped, delivered, cancelled
+    state = fields.CharField(max_length=16)
+    reason = fields.CharField(max_length=64, null=True)
+    pay_token = fields.CharField(max_length=64)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "shop_orders"
+        unique_together = (("gateway_id", "order_key"),)
+
+
+class GovBooking(Model):
+    """An appointment booking, keyed like orders by (gateway, idempotency key)."""
+
+    id = fields.CharField(max_length=32, primary_key=True)
+    gateway_id = fields.CharField(max_length=48)
+    booking_key = fields.CharField(max_length=64)
+    service_id = fields.CharField(max_length=64)
+    appointment_id = fields.CharField(max_length=64)
+    slot_id = fields.CharField(max_length=64, db_index=True)
+    state = fields.CharField(max_length=16)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "gov_bookings"
+        unique_together = (("gateway_id", "booking_key"),)

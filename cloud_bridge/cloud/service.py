@@ -47,6 +47,8 @@ from cloud_bridge.cloud.db import (
     SecurityEventRow,
     ShadowRow,
 )
+from cloud_bridge.cloud.govservice import GovDesk, mask_query
+from cloud_bridge.cloud.shop import ShopDesk, UplinkHandler
 from cloud_bridge.protocol import (
     BridgeError,
     Envelope,
@@ -237,6 +239,7 @@ class _Outcome:
     trust_n: dict[str, int] = field(default_factory=dict)
     online: set[str] = field(default_factory=set)  # gateways whose presence just said online
     receipts: list[ReceiptRow] = field(default_factory=list)
+    downs: list[tuple[str, Envelope]] = field(default_factory=list)  # to sign and send after commit
 
 
 @dataclass(slots=True)
@@ -326,6 +329,10 @@ class CloudService:
         self.stats = ServiceStats()
         #: Called after every commit with (gateways that came online, receipts stored).
         self.listeners: list[Callable[[set[str], list[ReceiptRow]], None]] = []
+        #: Service back ends: uplinks they handle inside the group commit, replies after it.
+        self.shop = ShopDesk(db, self)
+        self.gov = GovDesk(db)
+        self._uplink_handlers: dict[str, UplinkHandler] = {**self.shop.handlers(), **self.gov.handlers()}
 
     # -- inbound ----------------------------------------------------------------------------
 
@@ -497,6 +504,11 @@ class CloudService:
                     receipt = _receipt(item)
                     if receipt is not None:
                         out.receipts.append(receipt)
+                elif (handler := self._uplink_handlers.get(env.type)) is not None:
+                    try:
+                        await handler(tx, item.gateway_id, env, out.downs)
+                    except (ValueError, TypeError, KeyError):  # a back end's bug; DB errors fail the batch
+                        log.exception("gateway %s: %s %s not handled", item.gateway_id, env.type, env.id)
             await self._merge_telemetry(tx, telemetry)
             await tx.add_security_events(events)
             await tx.add_receipts(out.receipts)
@@ -590,6 +602,8 @@ class CloudService:
                 self._publish_nowait(topics.down(gateway_id), self.sign(ack))
                 self.stats.acks_sent += 1
                 self.stats.acked += len(chunk)
+        for gateway_id, envelope in out.downs:
+            self._publish_nowait(topics.down(gateway_id), self.sign(envelope))
         for command_id, payload in out.replies:
             fut = self._pending.get(command_id)
             if fut is not None and not fut.done():
@@ -739,6 +753,8 @@ class CloudService:
 def _record(up: _Up) -> NewUplink:
     env = up.envelope
     payload = env.payload
+    if env.type == "gov.query":  # personal data (ID numbers) is used for the reply, never stored
+        payload = mask_query(payload)
     device = payload.get("device")
     seq = payload.get("seq")
     return NewUplink(

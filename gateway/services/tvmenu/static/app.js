@@ -32,6 +32,18 @@
       st_active: '生效中', st_expired: '已过期', st_cancelled: '已解除', st_acknowledged: '已确认',
       ack_done: '已确认收到预警', alert_ended: '这条预警已结束',
       no_services: '暂无服务', no_services_sub: '运营商提供的服务会显示在这里。', coming_soon: '该服务即将开放',
+      k_shop: '购物', k_gov: '政务', k_info: '资讯', stock_out: '缺货', stock_left: '余 {n}',
+      qty: '数量', total: '合计', confirm_order: '确认下单', cancel: '返回', ordering: '正在提交订单…',
+      o_pending: '订单已保存，正在提交给运营商…', o_confirmed: '请用手机扫码支付', o_paid: '已付款，等待发货',
+      o_shipped: '已发货', o_delivered: '已送达', o_cancelled: '订单已取消', o_rejected: '未能下单',
+      o_price_changed: '价格有变化，请确认新价格', new_total: '新合计', reorder: '按新价格下单', order_no: '订单号',
+      r_out_of_stock: '库存不足', r_no_delivery: '您所在地区暂不配送', r_unknown_item: '商品已下架',
+      r_unknown_service: '该服务已下线', r_too_many: '超过限购数量',
+      notices: '通知公告', queries: '查询', appointments: '预约', read_confirm: '我已阅读', read_done: '已阅读',
+      submit: '查询', key_x: '输入 X', querying: '正在查询…', unavailable: '服务暂不可用，请稍后再试',
+      invalid_fields: '输入有误，请检查', choose_slot: '选择时段', booking_pending: '正在预约…',
+      b_booked: '预约成功', b_full: '该时段已约满', b_rejected: '无法预约', b_pending: '正在预约…',
+      cap_left: '可约 {n} 人',
       gateway_id: '网关编号', region: '所在地区', household: '家庭编号', version: '软件版本', network: '网络地址',
       not_provisioned: '未开通', no_network: '未联网',
       pin_title: '配对码', pin_sub: '在手机或其他电视上输入配对码即可配对。',
@@ -78,6 +90,19 @@
       ack_done: 'Alert acknowledged', alert_ended: 'This alert has ended',
       no_services: 'No services yet', no_services_sub: 'Services from your operator will appear here.',
       coming_soon: 'This service is coming soon',
+      k_shop: 'Shopping', k_gov: 'Government', k_info: 'Information', stock_out: 'Sold out', stock_left: '{n} left',
+      qty: 'Quantity', total: 'Total', confirm_order: 'Place order', cancel: 'Back', ordering: 'Placing the order…',
+      o_pending: 'Order saved, sending it to your operator…', o_confirmed: 'Scan with your phone to pay',
+      o_paid: 'Paid, waiting to ship', o_shipped: 'Shipped', o_delivered: 'Delivered', o_cancelled: 'Order cancelled',
+      o_rejected: 'The order could not be placed', o_price_changed: 'The price has changed: please confirm',
+      new_total: 'New total', reorder: 'Order at the new price', order_no: 'Order',
+      r_out_of_stock: 'Not enough in stock', r_no_delivery: 'No delivery to your area yet',
+      r_unknown_item: 'No longer sold', r_unknown_service: 'This service has closed', r_too_many: 'Over the limit per order',
+      notices: 'Notices', queries: 'Look-ups', appointments: 'Appointments', read_confirm: 'I have read this',
+      read_done: 'Read', submit: 'Look up', key_x: 'Type X', querying: 'Looking up…',
+      unavailable: 'The service is unavailable; please try again later', invalid_fields: 'Please check what you typed',
+      choose_slot: 'Choose a time', booking_pending: 'Booking…', b_booked: 'Booked', b_full: 'This time is full',
+      b_rejected: 'Cannot be booked', b_pending: 'Booking…', cap_left: '{n} places',
       gateway_id: 'Gateway', region: 'Region', household: 'Household', version: 'Version', network: 'Network',
       not_provisioned: 'Not activated', no_network: 'Not connected',
       pin_title: 'Pairing code', pin_sub: 'Enter this code on a phone or another TV to pair it.',
@@ -154,6 +179,7 @@
     dismissed: new Set(),
     returnTo: null,
     services: [],
+    svc: null, // the open service: {def, view, ...}
     settings: null,
     pin: null, // {pin, expires_in_s, at} | {off: true}
     pending: new Map(), // `${id}|${cap}` -> {value, at}
@@ -167,6 +193,7 @@
   };
 
   const $ = (id) => document.getElementById(id);
+  const tabOf = (screen) => (screen === 'device' ? 'home' : screen === 'service' ? 'services' : screen);
   const lang = () => (S.lang === 'en' ? 'en' : 'zh');
   const t = (key, vars) => {
     let s = STR[lang()][key] ?? STR.zh[key] ?? key;
@@ -666,6 +693,7 @@
     S.viewing = null;
     S.focus = zone === 'tabs' ? `tab:${screen === 'device' ? 'home' : screen}` : S.lastFocus[screen] || '';
     if (screen === 'settings') loadSettings();
+    if (screen === 'services') loadServices();
     render();
   }
 
@@ -719,7 +747,7 @@
       if (!el) {
         S.zone = 'tabs';
         S.autoTabs = true;
-        el = byKey(`tab:${S.screen === 'device' ? 'home' : S.screen}`);
+        el = byKey(`tab:${tabOf(S.screen)}`);
       }
       if (!el) return;
       S.focus = el.dataset.key;
@@ -771,7 +799,7 @@
     if (next) {
       setFocus(next.dataset.key);
     } else if (dir === 'up' && S.zone === 'main') {
-      setFocus(`tab:${S.screen === 'device' ? 'home' : S.screen}`);
+      setFocus(`tab:${tabOf(S.screen)}`);
     }
   }
 
@@ -815,7 +843,8 @@
       dialogKey(a);
       return;
     }
-    if (a.type === 'backspace') a.type = S.entry ? 'backspace' : 'back';
+    const typing = S.entry || (S.screen === 'service' && S.focus.startsWith('fld:'));
+    if (a.type === 'backspace') a.type = typing ? 'backspace' : 'back';
     handle(a);
   }
 
@@ -824,6 +853,7 @@
     const dev = S.screen === 'device' ? S.devices.get(S.deviceId) : null;
 
     if (a.type === 'digit') {
+      if (S.screen === 'service') return serviceDigit(a.digit);
       if (S.screen === 'home') return jumpToRoom(Number(a.digit));
       if (dev && canSet(dev, 'channel')) {
         if (S.entry.length < 4) S.entry += a.digit;
@@ -852,7 +882,8 @@
     if (S.screen === 'device') return deviceKey(a, key, dev);
     if (S.screen === 'alerts') return alertsKey(a, key);
     if (S.screen === 'settings' && key.startsWith('lang:') && a.type === 'ok') return setLang(key.slice(5));
-    if (S.screen === 'services' && key.startsWith('svc:') && a.type === 'ok') return toast(t('coming_soon'));
+    if (S.screen === 'services' && key.startsWith('svc:') && a.type === 'ok') return openService(key.slice(4));
+    if (S.screen === 'service') return serviceKey(a, key);
     if (a.type === 'back') return goHome();
     if (['up', 'down', 'left', 'right'].includes(a.type)) return move(a.type);
     return undefined;
@@ -867,6 +898,7 @@
     }
     if (a.type === 'down' || a.type === 'ok') {
       if (S.screen === 'device' && tab === 'home') { S.zone = 'main'; S.focus = S.lastFocus.device || ''; return render(); }
+      if (S.screen === 'service' && tab === 'services') { S.zone = 'main'; S.focus = S.lastFocus.service || ''; return render(); }
       if (S.screen !== tab) show(tab, 'tabs');
       S.zone = 'main';
       S.focus = S.lastFocus[S.screen] || '';
@@ -875,6 +907,7 @@
     }
     if (a.type === 'back') {
       if (S.screen === 'alerts' && S.returnTo) return leaveAlert();
+      if (S.screen === 'service') return serviceBack();
       if (S.screen !== 'home') return goHome();
     }
     return undefined;
@@ -1005,6 +1038,7 @@
     else if (S.screen === 'device') html = renderDevice();
     else if (S.screen === 'alerts') html = renderAlerts();
     else if (S.screen === 'services') html = renderServices();
+    else if (S.screen === 'service') html = renderService();
     else if (S.screen === 'settings') html = renderSettings();
     screen.innerHTML = html;
     screen.dataset.screen = S.screen;
@@ -1015,7 +1049,7 @@
   }
 
   function renderTabs() {
-    const current = S.screen === 'device' ? 'home' : S.screen;
+    const current = S.screen === 'device' ? 'home' : S.screen === 'service' ? 'services' : S.screen;
     const open = S.alerts.active.filter(isOpen).length;
     $('tabs').innerHTML = TABS.map((tab) => {
       const badge = tab === 'alerts' && open ? `<span class="badge">${open}</span>` : '';
@@ -1211,9 +1245,291 @@
     }
     const cards = S.services.map((s, i) => {
       const title = lang() === 'en' && s.title_en ? s.title_en : s.title;
-      return `<button class="svc f" tabindex="-1" data-key="svc:${esc(s.service_id)}"${i === 0 ? ' data-default="1"' : ''}><span class="title">${esc(title)}</span><span class="kind">${esc(s.kind)}</span></button>`;
+      return `<button class="svc f" tabindex="-1" data-key="svc:${esc(s.service_id)}"${i === 0 ? ' data-default="1"' : ''}><span class="title">${esc(title)}</span><span class="kind">${esc(STR[lang()][`k_${s.kind}`] || s.kind)}</span></button>`;
     }).join('');
     return `<div class="grid scroll" data-scroll="services">${cards}</div>`;
+  }
+
+  // ---- operator services ---------------------------------------------------------------
+  // Rendered from the pushed definition alone: shop (categories → items → quantity → order →
+  // QR code and status), government (notices with read receipts, look-ups typed with the number
+  // keys, appointments), information cards. No service is known to the page in advance.
+
+  const yuan = (fen) => `¥${Math.floor(fen / 100)}.${String(fen % 100).padStart(2, '0')}`;
+  const tx = (o, k) => (lang() === 'en' && o[`${k}_en`] ? o[`${k}_en`] : o[k] || '');
+  let svcTimer = 0;
+
+  async function loadServices() {
+    const r = await api('GET', '/api/v1/services');
+    if (r.ok) {
+      S.services = r.data;
+      if (S.screen === 'services') render();
+    }
+  }
+
+  async function openService(id) {
+    const r = await api('GET', `/api/v1/services/${encodeURIComponent(id)}`);
+    if (!r.ok) { toast(t('r_unknown_service'), true); return loadServices(); }
+    S.lastFocus.services = `svc:${id}`;
+    S.svc = { def: r.data, view: 'main', cat: r.data.categories ? r.data.categories[0].id : null, read: [] };
+    S.screen = 'service';
+    S.zone = 'main';
+    S.focus = '';
+    if (r.data.kind === 'gov') {
+      const rd = await api('GET', `/api/v1/services/${encodeURIComponent(id)}/notices/read`);
+      if (rd.ok && S.svc) S.svc.read = rd.data;
+    }
+    render();
+  }
+
+  function svcView(view, extra = {}) {
+    Object.assign(S.svc, { view, ...extra });
+    S.focus = '';
+    render();
+  }
+
+  function stopPolling() { clearTimeout(svcTimer); svcTimer = 0; }
+
+  function pollOrder() {
+    stopPolling();
+    svcTimer = setTimeout(async () => {
+      const sv = S.svc;
+      if (!sv || !sv.order || S.screen !== 'service') return;
+      if (['delivered', 'cancelled', 'rejected', 'price_changed', 'booked', 'full'].includes(sv.order.state)) return;
+      const path = sv.view === 'booking'
+        ? `/api/v1/services/${encodeURIComponent(sv.def.service_id)}/bookings/${encodeURIComponent(sv.order.key)}`
+        : `/api/v1/orders/${encodeURIComponent(sv.order.key)}`;
+      const r = await api('GET', path);
+      if (r.ok && S.svc === sv) {
+        const changed = r.data.state !== sv.order.state;
+        sv.order = r.data;
+        if (changed) render();
+      }
+      if (S.svc === sv) pollOrder();
+    }, 1000);
+  }
+
+  async function placeOrder(reorderKey) {
+    const sv = S.svc;
+    const r = reorderKey
+      ? await api('POST', `/api/v1/orders/${encodeURIComponent(reorderKey)}/reorder`)
+      : await api('POST', '/api/v1/orders', { service_id: sv.def.service_id, lines: [{ item_id: sv.item.id, quantity: sv.qty }] });
+    if (r.status === 401) return openPairing(() => placeOrder(reorderKey));
+    if (!r.ok) return toast(errorText(r), true);
+    svcView('order', { order: r.data });
+    pollOrder();
+    return undefined;
+  }
+
+  async function submitQuery() {
+    const sv = S.svc;
+    const r = await api('POST', `/api/v1/services/${encodeURIComponent(sv.def.service_id)}/queries/${encodeURIComponent(sv.query.id)}`, { fields: sv.fields });
+    if (r.status === 401) return openPairing(() => submitQuery());
+    if (S.svc !== sv) return undefined;
+    sv.fields = {}; // what was typed is not kept once the answer is in
+    if (r.ok) return svcView('result', { result: r.data });
+    svcView('result', { result: null, error: r.status === 400 ? t('invalid_fields') : t('unavailable') });
+    return undefined;
+  }
+
+  async function readNotice(id) {
+    const sv = S.svc;
+    const r = await api('POST', `/api/v1/services/${encodeURIComponent(sv.def.service_id)}/notices/${encodeURIComponent(id)}/read`);
+    if (r.status === 401) return openPairing(() => readNotice(id));
+    if (!r.ok && r.status !== 204) return toast(errorText(r), true);
+    if (!sv.read.includes(id)) sv.read.push(id);
+    toast(t('read_done'));
+    return svcView('main');
+  }
+
+  async function book(slotId) {
+    const sv = S.svc;
+    const r = await api('POST', `/api/v1/services/${encodeURIComponent(sv.def.service_id)}/appointments/${encodeURIComponent(sv.appt.id)}`, { slot_id: slotId });
+    if (r.status === 401) return openPairing(() => book(slotId));
+    if (!r.ok) return toast(errorText(r), true);
+    svcView('booking', { order: r.data });
+    pollOrder();
+    return undefined;
+  }
+
+  function serviceDigit(d) {
+    const sv = S.svc;
+    if (!sv) return undefined;
+    if (sv.view === 'qty') {
+      const n = Number(`${sv.qtyTyped || ''}${d}`);
+      sv.qtyTyped = String(n);
+      sv.qty = clamp(n || 1, 1, sv.def.max_quantity || 99);
+      return render();
+    }
+    if (sv.view === 'query' && S.focus.startsWith('fld:')) {
+      const f = sv.query.fields.find((x) => x.name === S.focus.slice(4));
+      const cur = sv.fields[f.name] || '';
+      if (cur.length < (f.type === 'id_card' ? 18 : f.max_length)) sv.fields[f.name] = cur + d;
+      return render();
+    }
+    return undefined;
+  }
+
+  function serviceBack() {
+    const sv = S.svc;
+    stopPolling();
+    if (!sv || sv.view === 'main') {
+      S.svc = null;
+      return show('services', 'main');
+    }
+    if (sv.view === 'qty') return svcView('main');
+    if (sv.view === 'order') return svcView('main', { order: null });
+    if (sv.view === 'result') return svcView('query');
+    if (sv.view === 'query') { sv.fields = {}; return svcView('main'); }
+    return svcView('main');
+  }
+
+  function serviceKey(a, key) {
+    const sv = S.svc;
+    if (a.type === 'back') return serviceBack();
+    if (a.type === 'backspace') {
+      if (sv && sv.view === 'query' && key.startsWith('fld:')) {
+        const name = key.slice(4);
+        sv.fields[name] = (sv.fields[name] || '').slice(0, -1);
+        return render();
+      }
+      return serviceBack();
+    }
+    if (!sv) return undefined;
+    if (key === 'qty' && (a.type === 'left' || a.type === 'right')) {
+      sv.qtyTyped = '';
+      sv.qty = clamp(sv.qty + (a.type === 'left' ? -1 : 1), 1, Math.min(sv.def.max_quantity || 99, Math.max(1, sv.item.stock)));
+      return render();
+    }
+    if (a.type === 'ok') {
+      if (key.startsWith('cat:')) { sv.cat = key.slice(4); return render(); }
+      if (key.startsWith('item:')) {
+        const item = sv.def.items.find((i) => i.id === key.slice(5));
+        if (!item || item.stock <= 0) return toast(t('stock_out'), true);
+        return svcView('qty', { item, qty: 1, qtyTyped: '' });
+      }
+      if (key === 'qty' || key === 'confirm') return placeOrder();
+      if (key === 'reorder') return placeOrder(sv.order.key);
+      if (key.startsWith('notice:')) return svcView('notice', { notice: sv.def.notices.find((n) => n.id === key.slice(7)) });
+      if (key.startsWith('read:')) return readNotice(key.slice(5));
+      if (key.startsWith('query:')) {
+        const query = sv.def.queries.find((q) => q.id === key.slice(6));
+        return svcView('query', { query, fields: {} });
+      }
+      if (key.startsWith('fx:')) {
+        const name = key.slice(3);
+        const cur = sv.fields[name] || '';
+        if (cur.length === 17) {
+          sv.fields[name] = `${cur}X`;
+          S.focus = 'submit'; // the number is complete: next is asking
+        }
+        return render();
+      }
+      if (key === 'submit') return submitQuery();
+      if (key.startsWith('appt:')) return svcView('slots', { appt: sv.def.appointments.find((x) => x.id === key.slice(5)) });
+      if (key.startsWith('slot:')) return book(key.slice(5));
+    }
+    if (key.startsWith('cat:') && (a.type === 'up' || a.type === 'down')) {
+      move(a.type);
+      if (S.focus.startsWith('cat:') && S.focus.slice(4) !== sv.cat) { sv.cat = S.focus.slice(4); render(); }
+      return undefined;
+    }
+    if (['up', 'down', 'left', 'right'].includes(a.type)) return move(a.type);
+    return undefined;
+  }
+
+  function btn(key, inner, cls = '', def = false) {
+    return `<button class="${cls} f" tabindex="-1" data-key="${esc(key)}"${def ? ' data-default="1"' : ''}>${inner}</button>`;
+  }
+
+  function renderService() {
+    const sv = S.svc;
+    if (!sv) return '';
+    const d = sv.def;
+    const head = `<h2 class="svc-title" id="svc-title">${esc(tx(d, 'title'))}</h2>`;
+    let body = '';
+    if (d.kind === 'shop') body = renderShop(sv, d);
+    else if (d.kind === 'gov') body = renderGov(sv, d);
+    else {
+      const img = d.image ? `<img class="svc-img" alt="" src="${esc(d.image)}">` : '';
+      body = `<div class="svc-info">${img}<p class="svc-body">${esc(tx(d, 'body'))}</p></div>`;
+    }
+    return `<div class="service" data-kind="${esc(d.kind)}">${head}${body}</div>`;
+  }
+
+  function itemCard(it) {
+    const img = it.image ? `<img alt="" src="${esc(it.image)}">` : '';
+    const stock = it.stock <= 0 ? t('stock_out') : it.stock < 10 ? t('stock_left', { n: it.stock }) : '';
+    return btn(`item:${it.id}`, `${img}<span class="title">${esc(tx(it, 'title'))}</span><span class="price">${esc(yuan(it.price_fen))}${it.unit ? ` / ${esc(tx(it, 'unit'))}` : ''}</span><span class="stock">${esc(stock)}</span>`, `item${it.stock <= 0 ? ' out' : ''}`);
+  }
+
+  function renderShop(sv, d) {
+    if (sv.view === 'qty') {
+      const it = sv.item;
+      return `<div class="svc-panel" id="svc-qty"><p class="big">${esc(tx(it, 'title'))}</p>
+        <p class="price">${esc(yuan(it.price_fen))}</p>
+        <div class="row">${btn('qty', `${esc(t('qty'))} <b id="qty">◀ ${sv.qty} ▶</b>`, 'qty-btn', true)}</div>
+        <p class="total">${esc(t('total'))} <b id="qty-total">${esc(yuan(it.price_fen * sv.qty))}</b></p>
+        <div class="row">${btn('confirm', esc(t('confirm_order')), 'primary')}</div></div>`;
+    }
+    if (sv.view === 'order') return renderOrder(sv.order);
+    const cats = d.categories.map((c, i) => btn(`cat:${c.id}`, esc(tx(c, 'title')), `cat${c.id === sv.cat ? ' selected' : ''}`, i === 0)).join('');
+    const items = d.items.filter((it) => it.category === sv.cat).map(itemCard).join('');
+    return `<div class="shop"><nav class="cats">${cats}</nav><div class="items grid scroll" data-scroll="items">${items}</div></div>`;
+  }
+
+  function renderOrder(o) {
+    const lines = o.lines.map((l) => `<li>${esc(tx(l, 'title'))} × ${l.quantity} <span>${esc(yuan(l.price_fen * l.quantity))}</span></li>`).join('');
+    let extra = '';
+    if (o.state === 'confirmed' && o.pay_qr) {
+      extra = `<img class="qr" id="pay-qr" alt="QR" src="${esc(o.pay_qr)}">`;
+    } else if (o.state === 'price_changed' && o.prices) {
+      extra = `<p class="total">${esc(t('new_total'))} <b id="new-total">${esc(yuan(o.new_total_fen))}</b></p>${btn('reorder', esc(t('reorder')), 'primary', true)}`;
+    } else if (o.state === 'rejected' && o.reason) {
+      extra = `<p class="sub">${esc(t(`r_${o.reason}`))}</p>`;
+    }
+    const no = o.order_id ? `<p class="sub">${esc(t('order_no'))} ${esc(o.order_id)}</p>` : '';
+    return `<div class="svc-panel order" id="svc-order" data-state="${esc(o.state)}">
+      <p class="big" id="order-state">${esc(t(`o_${o.state}`))}</p>${no}
+      <ul class="lines">${lines}</ul><p class="total">${esc(t('total'))} <b>${esc(yuan(o.total_fen))}</b></p>${extra}</div>`;
+  }
+
+  function renderGov(sv, d) {
+    if (sv.view === 'notice') {
+      const n = sv.notice;
+      const done = sv.read.includes(n.id);
+      return `<div class="svc-panel notice" id="svc-notice"><p class="big">${esc(tx(n, 'title'))}</p><p class="sub">${esc(n.published)}</p>
+        <p class="svc-body">${esc(tx(n, 'body'))}</p>${done ? `<p class="sub">✓ ${esc(t('read_done'))}</p>` : btn(`read:${n.id}`, esc(t('read_confirm')), 'primary', true)}</div>`;
+    }
+    if (sv.view === 'query') {
+      const q = sv.query;
+      const fields = q.fields.map((f, i) => {
+        const v = sv.fields[f.name] || '';
+        const x = f.type === 'id_card' ? btn(`fx:${f.name}`, esc(t('key_x')), 'xkey') : '';
+        return `<div class="field"><span class="k">${esc(tx(f, 'label'))}</span>${btn(`fld:${f.name}`, `<span class="typed">${esc(v) || '&nbsp;'}</span>`, 'input', i === 0)}${x}</div>`;
+      }).join('');
+      return `<div class="svc-panel query" id="svc-query"><p class="big">${esc(tx(q, 'title'))}</p>${fields}${btn('submit', esc(t('submit')), 'primary')}</div>`;
+    }
+    if (sv.view === 'result') {
+      if (!sv.result) return `<div class="svc-panel" id="svc-result"><p class="big err">${esc(sv.error)}</p></div>`;
+      const res = sv.result.ok ? (sv.result.result && sv.result.result.lines) || [] : [];
+      const rows = res.map((l) => `<dt>${esc(tx(l, 'label'))}</dt><dd>${esc(tx(l, 'value'))}</dd>`).join('');
+      return `<div class="svc-panel" id="svc-result"><p class="big">${esc(tx(sv.query, 'title'))}</p>${sv.result.ok ? `<dl class="facts">${rows}</dl>` : `<p class="err">${esc(t('invalid_fields'))}</p>`}</div>`;
+    }
+    if (sv.view === 'slots') {
+      const a = sv.appt;
+      const slots = a.slots.map((sl, i) => btn(`slot:${sl.id}`, `${esc(timeText(sl.start))}<small>${esc(t('cap_left', { n: sl.capacity }))}</small>`, 'slot', i === 0)).join('');
+      return `<div class="svc-panel" id="svc-slots"><p class="big">${esc(tx(a, 'title'))}</p><p class="sub">${esc(tx(a, 'location'))}</p><p>${esc(t('choose_slot'))}</p><div class="slots">${slots}</div></div>`;
+    }
+    if (sv.view === 'booking') {
+      const b = sv.order;
+      return `<div class="svc-panel" id="svc-booking" data-state="${esc(b.state)}"><p class="big" id="booking-state">${esc(t(`b_${b.state}`))}</p>${b.booking_id ? `<p class="sub">${esc(b.booking_id)}</p>` : ''}</div>`;
+    }
+    const section = (title, items) => (items ? `<section><h3 class="col-title">${esc(title)}</h3><div class="list">${items}</div></section>` : '');
+    const notices = (d.notices || []).map((n, i) => btn(`notice:${n.id}`, `${sv.read.includes(n.id) ? '✓ ' : '● '}${esc(tx(n, 'title'))}`, 'row-btn', i === 0)).join('');
+    const queries = (d.queries || []).map((q) => btn(`query:${q.id}`, esc(tx(q, 'title')), 'row-btn')).join('');
+    const appts = (d.appointments || []).map((x) => btn(`appt:${x.id}`, esc(tx(x, 'title')), 'row-btn')).join('');
+    return `<div class="gov">${section(t('notices'), notices)}${section(t('queries'), queries)}${section(t('appointments'), appts)}</div>`;
   }
 
   async function loadSettings() {
