@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud_bridge.cloud import CLOUD_JSON, DEFAULT_HTTP, DEFAULT_PUBLIC_HOST, ROLES, default_data_dir
-from cloud_bridge.examples import rainstorm_alert
+from cloud_bridge.examples import SERVICE_EXAMPLES, rainstorm_alert, service_example
 from cloud_bridge.protocol import BridgeError
 from gateway import __version__
 from gateway.errors import GatewayError
@@ -112,6 +112,23 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--gateway", action="append", metavar="ID", help="a target gateway (repeatable)")
     target.add_argument("--all", action="store_true", help="every gateway")
     _client_options(p)
+
+    p = sub.add_parser("service", help="service definitions")
+    ssub = p.add_subparsers(dest="action", required=True)
+    s = ssub.add_parser("example", help="print an example definition: cloud service example shop > shop.json")
+    s.add_argument("kind", choices=SERVICE_EXAMPLES)
+
+    p = sub.add_parser("shop", help="the shop back end: orders, simulated payments, delivery")
+    shsub = p.add_subparsers(dest="action", required=True)
+    s = shsub.add_parser("orders", help="orders, newest first")
+    _client_options(s)
+    s = shsub.add_parser("pay", help="simulate the payment provider's callback for an order")
+    s.add_argument("order")
+    _client_options(s)
+    s = shsub.add_parser("status", help="mark an order shipped, delivered or cancelled")
+    s.add_argument("order")
+    s.add_argument("state", choices=["shipped", "delivered", "cancelled"])
+    _client_options(s)
 
     p = sub.add_parser("command", help="send a command to a gateway and wait for its reply")
     p.add_argument("gateway")
@@ -408,6 +425,8 @@ def _client_command(args: argparse.Namespace, data_dir: Path, environ: Mapping[s
         return 0 if result.get("status") == "ok" else 1
     if args.command == "alert":
         return _alert_command(args, client)
+    if args.command == "shop":
+        return _shop_command(args, client)
     if args.command == "keys" and args.action == "rotate":
         result = client.request("POST", "/v1/keys/rotate")
         if args.json:
@@ -430,6 +449,42 @@ def _client_command(args: argparse.Namespace, data_dir: Path, environ: Mapping[s
     raise CliError(f"unknown command {args.command}")
 
 
+_ORDER_STATES = {
+    "pending": "待确认 pending",
+    "confirmed": "待支付 confirmed",
+    "price_changed": "价格变动 price changed",
+    "rejected": "已拒绝 rejected",
+    "paid": "已支付 paid",
+    "shipped": "已发货 shipped",
+    "delivered": "已送达 delivered",
+    "cancelled": "已取消 cancelled",
+}
+
+
+def _shop_command(args: argparse.Namespace, client: _Client) -> int:
+    if args.action == "pay":
+        order = client.request("POST", f"/v1/shop/payments/{args.order}/callback")
+    elif args.action == "status":
+        order = client.request("POST", f"/v1/shop/orders/{args.order}/status", {"state": args.state})
+    else:
+        orders = client.request("GET", "/v1/shop/orders")
+        if args.json:
+            _print_json(orders)
+            return 0
+        for o in orders:
+            lines = ", ".join(f"{line['item_id']} ×{line['quantity']}" for line in o["lines"])
+            state = _ORDER_STATES.get(o["state"], o["state"])
+            print(f"{o['id']}  {o['gateway_id']}  ¥{o['total_fen'] / 100:.2f}  {state}  {lines}")
+        if not orders:
+            print("没有订单 No orders")
+        return 0
+    if args.json:
+        _print_json(order)
+    else:
+        print(f"{order['id']}: {_ORDER_STATES.get(order['state'], order['state'])}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
@@ -445,6 +500,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                     f"no {args.role} token in {data_dir / 'tokens'}: run `cloud serve` once "
                     "(it creates the tokens), or pass --data-dir"
                 ) from exc
+            return 0
+        if args.command == "service":
+            print(json.dumps(service_example(args.kind), ensure_ascii=False, indent=2))
             return 0
         if args.command == "alert" and args.action == "example":
             kind = "Exercise" if args.drill else "Actual"

@@ -1,4 +1,5 @@
-"""Ready-to-send CAP alerts for demos, drills and installer checks (`cloud alert example`).
+"""Ready-to-send examples for demos, drills and installer checks: CAP alerts (`cloud alert
+example`) and service definitions (`cloud service example shop|gov`).
 
 The rainstorm warning signal follows the China Meteorological Administration's four colours
 (蓝/黄/橙/红, thresholds from the published signal definitions) in the shape of a national
@@ -8,15 +9,17 @@ target as a `行政区划代码` geocode. Times are now; the identifier is new e
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from importlib.resources import files
 from string import Template
+from typing import Any
 
 from cloud_bridge.protocol import region_prefixes
 
-__all__ = ["COLOURS", "rainstorm_alert"]
+__all__ = ["COLOURS", "SERVICE_EXAMPLES", "rainstorm_alert", "service_example"]
 
 _CST = timezone(timedelta(hours=8), "CST")
 
@@ -97,3 +100,35 @@ def rainstorm_alert(
         area_zh=area,
     )
     return text.encode()
+
+
+SERVICE_EXAMPLES = ("shop", "gov")
+
+
+def service_example(kind: str, *, today: datetime | None = None) -> dict[str, Any]:
+    """A shop (北方云鲜生: dairy and grain, delivery in Liaoning) or the Shenyang government
+    services (a notice, a social-insurance lookup, appointments on the next three working days)."""
+    if kind not in SERVICE_EXAMPLES:
+        raise ValueError(f"no example {kind!r}; choose from {', '.join(SERVICE_EXAMPLES)}")
+    text = files("cloud_bridge").joinpath(f"templates/{kind}_example.json").read_text("utf-8")
+    service: dict[str, Any] = json.loads(text)
+    if kind == "gov":
+        day = (today or datetime.now(_CST)).astimezone(_CST).date()
+        days: list[date] = []
+        while len(days) < 3:
+            day += timedelta(days=1)
+            if day.weekday() < 5:
+                days.append(day)
+        for appointment in service["appointments"]:
+            appointment["slots"] = [
+                {
+                    "id": f"{d:%m%d}-{hour:02d}00",
+                    "start": f"{d.isoformat()}T{hour:02d}:00:00+08:00",
+                    "capacity": 5,
+                }
+                for d in days
+                for hour in (9, 10, 14)
+            ]
+        for notice in service["notices"]:
+            notice["published"] = (today or datetime.now(_CST)).astimezone(_CST).date().isoformat()
+    return service

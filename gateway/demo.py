@@ -34,7 +34,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from cloud_bridge.examples import rainstorm_alert
+from cloud_bridge.examples import SERVICE_EXAMPLES, rainstorm_alert, service_example
 from gateway.broker import PrivateBroker
 from gateway.errors import GatewayError
 from gateway.mqtt import Message, MqttClient
@@ -207,7 +207,7 @@ async def _inside(sock: socket.socket, cloud_sock: socket.socket, options: _Opti
     return 0
 
 
-def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path) -> str:
+def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path, services: list[str]) -> str:
     enter = f"nsenter --target {os.getpid()} --user --net --preserve-credentials"
     cloud_dir = workdir / "cloud"
     return "\n".join(
@@ -219,6 +219,9 @@ def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path) ->
             "Send an alert 发送预警:",
             f"  cloud alert example --colour red | cloud --data-dir {cloud_dir} alert send -",
             f"Pairing PIN 配对码:     gateway pair --state-dir {workdir / 'state'} --id {DEMO_GATEWAY_ID}",
+            f"Services 服务 (TV menu → 服务, pushed by the operator): {'; '.join(services)}",
+            f"  orders 订单:          cloud --data-dir {cloud_dir} shop orders",
+            f"  pay 模拟支付:         cloud --data-dir {cloud_dir} shop pay ORDER_ID",
             "Speak to the living-room speaker 对客厅音箱说话 (also: What's the temperature in the bedroom?):",
             f"  {enter} curl -s http://127.0.0.33:8080/api/v1/hear -H 'Content-Type: application/json'"
             """ -d '{"text": "打开客厅的灯"}'""",
@@ -274,6 +277,26 @@ async def _provision(data: Path, api: str, state_dir: Path) -> None:
          "--id", DEMO_GATEWAY_ID, "--state-dir", str(state_dir)],
         "provisioning",
     )  # fmt: skip
+
+
+async def _push_services(api: str, token: str) -> list[str]:
+    """The operator's one call per service: a shop and the city's government services, to the
+    demo's region. Returns their titles."""
+    titles = []
+    async with httpx.AsyncClient(
+        base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=10, trust_env=False
+    ) as client:
+        for kind in SERVICE_EXAMPLES:
+            service = service_example(kind)
+            resp = await client.post(
+                "/v1/services/push", json={"target": {"regions": [DEMO_REGION]}, "service": service}
+            )
+            if resp.status_code != 200:
+                raise GatewayError(
+                    f"the cloud refused the {kind} example: {resp.status_code} {resp.text[:300]}"
+                )
+            titles.append(f"{service['title']} {service['title_en']}")
+    return titles
 
 
 async def _alert(api: str, token: str, view: _View, after_s: float) -> None:
@@ -345,11 +368,13 @@ async def _demo(
         with console.status(f"starting {child.name} …"):
             await child.start(timeout_s=30)
         children.append(child)
-    header = _header(port, cloud_socks[0].getsockname()[1], broker, workdir)
+    token = (cloud_data / "tokens" / "operator.token").read_text().strip()
+    with console.status("pushing a shop and government services to the home's region …"):
+        services = await _push_services(cloud_api, token)
+    header = _header(port, cloud_socks[0].getsockname()[1], broker, workdir, services)
     view = _View()
     watcher = MqttClient(host=broker.host, port=broker.port, client_id="demo-viewer", name="demo-viewer")
     watcher.subscribe(f"home/{DEMO_GATEWAY_ID}/#", view.on_message)
-    token = (cloud_data / "tokens" / "operator.token").read_text().strip()
     async with asyncio.TaskGroup() as tg:
         watch_task = tg.create_task(watcher.run(), name="demo-viewer")
         side = [watch_task]

@@ -186,6 +186,8 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert table and alert, "".join(seen[-30:])
+    # The operator pushed a shop and the city's government services to the demo's region.
+    assert re.search(r"Services 服务 .*北方云鲜生", "".join(seen)), "".join(seen[:30])
     assert proc.returncode == 0
     assert "nothing left running" in rest
     # No process of the demo survives it.
