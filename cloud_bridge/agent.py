@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloud_bridge.identity import Identity
 from cloud_bridge.outbox import MessageClass, Outbox, OutboxFull
@@ -34,9 +34,11 @@ from cloud_bridge.protocol import (
     topics,
 )
 from gateway import __version__
-from gateway.bus import Bus, Event
-from gateway.hub import Hub
 from gateway.mqtt import Message, MqttClient, Will
+
+if TYPE_CHECKING:  # the hub pulls in the ORM; a fleet of simulated links needs none of it
+    from gateway.bus import Bus, Event
+    from gateway.hub import Hub
 
 __all__ = ["AgentStats", "CloudAgent", "Handler"]
 

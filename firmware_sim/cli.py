@@ -3,6 +3,7 @@
     firmware-sim tasmota --mqtt mqtt://127.0.0.1:1883 [--mac A4CF12B3C4D5] [--topic T]
     firmware-sim zigbee2mqtt --mqtt URL [--base-topic zigbee2mqtt] [--report-interval S]
     firmware-sim household --mqtt URL [--tele-period S]
+    firmware-sim fleet --gateways N --cloud URL --token=TOKEN [--region CODE ...]  (fleet.py)
 
 Logs go to stderr; nothing else is printed. SIGTERM and SIGINT stop cleanly (offline states
 published, connections closed) with exit status 0.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from firmware_sim._mqtt import DEFAULT_BROKER_URL, BrokerUrlError, parse_mqtt_url
+from firmware_sim.fleet import add_fleet_parser, fleet_work
 from firmware_sim.household import LIVING_ROOM_PLUG_MAC, run_household
 from firmware_sim.tasmota import DEFAULT_TELE_PERIOD_S, TasmotaPlug
 from firmware_sim.zigbee2mqtt import (
@@ -91,11 +93,14 @@ def _parser() -> argparse.ArgumentParser:
         "--tele-period", type=_positive_seconds, default=DEFAULT_TELE_PERIOD_S, metavar="S",
         help=f"reporting period of every device (default {DEFAULT_TELE_PERIOD_S:g})",
     )  # fmt: skip
+    add_fleet_parser(sub)
     return parser
 
 
 def _work(args: argparse.Namespace) -> Work:
     """What to run; ValueError for arguments a simulator refuses."""
+    if args.kind == "fleet":
+        return fleet_work(args)
     url: str = args.mqtt
     if args.kind == "tasmota":
         plug = TasmotaPlug(
@@ -121,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=_LOG_FORMAT)
     try:
-        parse_mqtt_url(args.mqtt)
+        if args.kind != "fleet":  # the fleet talks to a cloud, not to a local broker
+            parse_mqtt_url(args.mqtt)
         work = _work(args)
     except (BrokerUrlError, ValueError) as exc:
         parser.error(str(exc))

@@ -43,6 +43,7 @@ from gateway.services.alerts import AlertPolicy, AlertService
 from gateway.services.commerce import OperatorServices, commerce_router
 from gateway.services.govservice import GovDesk, govservice_router
 from gateway.services.pairing import Pairing, pairing_router
+from gateway.services.shopping_voice import ShoppingByVoice
 from gateway.services.tvmenu import tvmenu_router
 from gateway.services.voice import VoiceService
 from gateway.systemd import Notifier
@@ -270,6 +271,8 @@ class Gateway:
             await services.resume()
             await gov.resume()
         self.services, self.gov = services, gov
+        if self.voice is not None:
+            self.voice.services = ShoppingByVoice(services)  # 我要买两箱牛奶, 查看我的订单
 
     @staticmethod
     def _link_alerts(agent: CloudAgent, alerts: AlertService) -> None:

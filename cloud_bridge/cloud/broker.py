@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 #: The cloud's own MQTT identity (its client certificate's CN); never a gateway id.
 CLOUD_CLIENT_CN = "cloud-service"
 _RELOAD_TIMEOUT_S = 5.0
+_RELOAD_RESEND_S = 0.5
 _RELOAD_LINE = "Reloading config"
 
 
@@ -165,11 +166,16 @@ class CloudBroker(PrivateBroker):
             raise CloudBrokerError("the cloud broker is not running")
         async with self._reloaded:
             target = self._reloads + 1
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGHUP)
             try:
                 async with asyncio.timeout(timeout_s):
-                    await self._reloaded.wait_for(lambda: self._reloads >= target)
+                    while self._reloads < target:
+                        # A SIGHUP that lands while Mosquitto is still re-reading is forgotten
+                        # (it clears its reload flag afterwards): send again until one counts.
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(self.pid, signal.SIGHUP)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_RELOAD_RESEND_S):
+                                await self._reloaded.wait_for(lambda: self._reloads >= target)
             except TimeoutError as exc:
                 raise CloudBrokerError(
                     f"mosquitto did not reload its configuration within {timeout_s:g} s; log ends: "

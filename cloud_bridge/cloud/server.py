@@ -112,7 +112,7 @@ def load_tokens(tokens_dir: Path) -> Tokens:
         try:
             values[role] = path.read_text().strip()
         except FileNotFoundError:
-            values[role] = secrets.token_urlsafe(32)
+            values[role] = secrets.token_hex(32)  # never starts with '-': safe as a CLI argument
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(values[role] + "\n")

@@ -12,6 +12,7 @@ gateway as a child process on its own Mosquitto, a TCP proxy to cut the cloud li
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ from cloud_bridge.identity import Identity, IdentityRecord
 from cloud_bridge.protocol import new_envelope
 from gateway.broker import PrivateBroker
 from gateway.procs import Child
-from tests.helpers import gateway_child
+from tests.helpers import Watcher, gateway_child, mosquitto_pub
 from tests.integration.cloud_harness import (
     DB_KINDS,
     CloudHarness,
@@ -282,6 +283,34 @@ async def test_push_order_pay_and_status_arrive_on_the_box(stand: Stand) -> None
     assert resp.status_code == 409 and resp.json()["detail"]["reason"] == "illegal_transition"
     orders = await stand.cloud_orders()
     assert [o["state"] for o in orders] == ["delivered"]
+
+
+async def test_ordering_by_voice_and_asking_about_orders(stand: Stand) -> None:
+    await stand.push(SHOP)
+    await stand.push(GOV)
+    await stand.wait_listed("gov.shenyang")
+    async with Watcher(stand.broker, f"home/{GW}/event/voice_reply") as replies:
+
+        async def say(text: str) -> str:
+            n = len(replies.messages)
+            mosquitto_pub(stand.broker, f"home/{GW}/voice/in", json.dumps({"text": text, "source": "tester"}))
+            await replies.wait(lambda: len(replies.messages) > n, what=f"the answer to {text}")
+            return str(json.loads(replies.messages[n].payload)["text"])
+
+        answer = await say("我要买两箱牛奶")
+        assert "辉山纯牛奶" in answer and "139.80" in answer and "扫" in answer, answer
+        (order,) = await stand.cloud_orders()
+        assert order["lines"] == [{"item_id": "milk-box", "quantity": 2, "price_fen": 6990}]
+        assert order["state"] == "confirmed"  # paying stays on the TV: scanning the QR code
+        mine = await say("查看我的订单")
+        assert "辉山纯牛奶 250ml×24 2箱，待支付" in mine, mine
+        # 奶 is in two names: the household is asked which; nothing is ordered.
+        which = await say("我要买一箱奶")
+        assert "辉山纯牛奶" in which and "原味酸奶" in which and "哪一种" in which, which
+        assert "没有找到" in await say("我要买一箱矿泉水")
+        assert len(await stand.cloud_orders()) == 1
+        # An ID number is never asked for aloud: the TV's form is the way.
+        assert "身份证号" in await say("查一下我的社保")
 
 
 async def test_a_changed_price_is_shown_before_ordering_again(stand: Stand) -> None:
