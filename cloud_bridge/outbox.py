@@ -1,9 +1,9 @@
 """The durable outbox: what the gateway has accepted for the cloud, on disk until the cloud
 has it.
 
-SQLite in WAL mode with `synchronous=FULL`, written by one thread. Writes that arrive within a
-couple of milliseconds share one transaction (group commit): a message counts as accepted only
-once its transaction is on disk, and one fsync serves a whole batch. A message leaves the outbox
+SQLite in WAL mode with `synchronous=FULL`, written by one thread. Writes that arrive while a
+transaction is being written share the next one (group commit, no fixed delay): a message
+counts as accepted only once its transaction is on disk, and one fsync serves a whole batch. A message leaves the outbox
 when the cloud acknowledges it end to end (a signed `ack` naming its id, sent after the cloud
 committed it) — a broker's PUBACK alone is not enough, because a broker that crashes loses what
 it had queued. Unacknowledged messages are sent again after a reconnect or a timeout; the cloud
@@ -53,7 +53,6 @@ DEFAULT_LIFETIMES_S: Mapping[MessageClass, float] = {
     MessageClass.EVENT: 86400,
     MessageClass.TELEMETRY: 3600,
 }
-_GROUP_WINDOW_S = 0.002
 _MAX_BATCH = 2000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -423,8 +422,10 @@ class Outbox:
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
-            # Group commit: let the writes of the next couple of milliseconds join this batch.
-            await asyncio.sleep(_GROUP_WINDOW_S)
+            # Group commit without a fixed delay: what is queued in this turn of the event loop
+            # forms the first transaction, and whatever arrives while it is being fsynced
+            # forms the next. An idle outbox commits a lone message at once.
+            await asyncio.sleep(0)
             self._wake.clear()
             await self._flush()
 
