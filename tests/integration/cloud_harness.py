@@ -25,6 +25,7 @@ import pytest
 from cloud_bridge.ca import make_csr
 from cloud_bridge.cloud import Cloud, CloudSettings
 from cloud_bridge.cloud.db import sqlite_url
+from cloud_bridge.identity import Identity, IdentityRecord
 from cloud_bridge.protocol import (
     Envelope,
     SignatureError,
@@ -181,6 +182,25 @@ async def running_cloud(
 
 
 # -- a gateway's cloud link, as the agent would run it ----------------------------------------------
+
+
+def install_identity(prov: Provisioned, state_dir: Path, *, mqtt_url: str | None = None) -> Identity:
+    """What `gateway provision` leaves on the box (optionally pointed at a proxy)."""
+    record = IdentityRecord(
+        gateway_id=prov.gateway_id,
+        household=prov.household,
+        region=prov.region,
+        mqtt_url=mqtt_url or prov.mqtt_url,
+        api_url=prov.api_url,
+    )
+    return Identity.save(
+        state_dir,
+        record,
+        key_pem=prov.key_pem,
+        cert_pem=prov.certificate_pem.encode(),
+        ca_pem=prov.ca_pem.encode(),
+        trust=prov.trust,
+    )
 
 
 def client_tls(prov: Provisioned, directory: Path) -> ssl.SSLContext:

@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 
 from cloud_bridge.agent import CloudAgent
-from cloud_bridge.identity import Identity, IdentityRecord
 from cloud_bridge.outbox import MessageClass, Outbox
 from gateway.broker import PrivateBroker
 from gateway.daemon import OUTBOX_FILE
 from gateway.netns import in_private_netns
 from tests.helpers import PLUG_ID, Watcher, announce_tasmota_plug, gateway_child, mosquitto_pub
-from tests.integration.cloud_harness import CloudHarness, Provisioned, running_cloud
+from tests.integration.cloud_harness import CloudHarness, install_identity, running_cloud
 from tests.tcpproxy import FaultProxy
 
 pytestmark = pytest.mark.netns
@@ -41,25 +40,6 @@ pytestmark = pytest.mark.netns
 async def cloud(tmp_path: Path) -> AsyncIterator[CloudHarness]:
     async with running_cloud(tmp_path / "cloud", f"sqlite://{tmp_path / 'cloud.sqlite3'}") as harness:
         yield harness
-
-
-def install_identity(prov: Provisioned, state_dir: Path, *, mqtt_url: str | None = None) -> Identity:
-    """What `gateway provision` leaves on the box (optionally pointed at a proxy)."""
-    record = IdentityRecord(
-        gateway_id=prov.gateway_id,
-        household=prov.household,
-        region=prov.region,
-        mqtt_url=mqtt_url or prov.mqtt_url,
-        api_url=prov.api_url,
-    )
-    return Identity.save(
-        state_dir,
-        record,
-        key_pem=prov.key_pem,
-        cert_pem=prov.certificate_pem.encode(),
-        ca_pem=prov.ca_pem.encode(),
-        trust=prov.trust,
-    )
 
 
 async def stored_events(cloud: CloudHarness, gateway_id: str) -> list[Any]:

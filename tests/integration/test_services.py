@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_bridge.identity import Identity, IdentityRecord
 from cloud_bridge.protocol import new_envelope
 from gateway.broker import PrivateBroker
 from gateway.procs import Child
@@ -32,8 +31,8 @@ from tests.integration.cloud_harness import (
     DB_KINDS,
     CloudHarness,
     GatewayLink,
-    Provisioned,
     database_url,
+    install_identity,
     running_cloud,
 )
 from tests.tcpproxy import FaultProxy
@@ -105,25 +104,6 @@ INFO: dict[str, Any] = {
     "body": "供暖问题请拨打 12345，24小时有人接听。",
     "body_en": "For heating problems call 12345, day and night.",
 }
-
-
-def install_identity(prov: Provisioned, state_dir: Path, *, mqtt_url: str) -> Identity:
-    """What `gateway provision` leaves on the box, pointed at the test's proxy."""
-    record = IdentityRecord(
-        gateway_id=prov.gateway_id,
-        household=prov.household,
-        region=prov.region,
-        mqtt_url=mqtt_url,
-        api_url=prov.api_url,
-    )
-    return Identity.save(
-        state_dir,
-        record,
-        key_pem=prov.key_pem,
-        cert_pem=prov.certificate_pem.encode(),
-        ca_pem=prov.ca_pem.encode(),
-        trust=prov.trust,
-    )
 
 
 async def until(check: Callable[[], Any], what: str, timeout: float = 20.0, log: Child | None = None) -> Any:
