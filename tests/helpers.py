@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ from typing import Any
 from gateway.broker import PrivateBroker
 from gateway.mqtt import Message, MqttClient
 from gateway.procs import Child
+
+#: Where the browser tests write their screenshots: the docs when UPDATE_SCREENSHOTS=1 (to refresh
+#: docs/screenshots/), else a scratch folder, so a test run leaves the checkout as it was.
+SCREENSHOTS = (
+    Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "bfy-screenshots"
+)
 
 
 class Topics:

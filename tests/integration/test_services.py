@@ -26,7 +26,7 @@ import pytest
 from cloud_bridge.protocol import new_envelope
 from gateway.broker import PrivateBroker
 from gateway.procs import Child
-from tests.helpers import Watcher, gateway_child, mosquitto_pub
+from tests.helpers import SCREENSHOTS, Watcher, gateway_child, mosquitto_pub
 from tests.integration.cloud_harness import (
     DB_KINDS,
     CloudHarness,
@@ -540,7 +540,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 gateway and the simulated household, keyboard only: what a person does with the remote.
 
 Every flow asserts on the page and on the simulators' own state. The screenshots of the main
-screens are written to docs/screenshots/ (tvmenu-<screen>-<w>x<h>.png).
+screens go to docs/screenshots/ (tvmenu-<screen>-<w>x<h>.png) when UPDATE_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gateway.hub import Hub
 from gateway.services.pairing import TOKENS_FILE, Pairing, pairing_router
 from gateway.services.tvmenu import ALERT_CLEARED_EVENT, ALERT_EVENT, tvmenu_router
 from gateway.web import WebContext, bind, create_app, serve
-from tests.helpers import Topics, Watcher
+from tests.helpers import SCREENSHOTS, Topics, Watcher
 
 pytestmark = pytest.mark.netns
 
@@ -42,7 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 SIZES = [(1280, 720), (1920, 1080)]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 LIVING_TV = "bfy-tv-5c0a1b2c3d4e"
 BEDROOM_LIGHT = "coap-bfy-lgt-000001"
