@@ -3,11 +3,11 @@ has it.
 
 SQLite in WAL mode with `synchronous=FULL`, written by one thread. Writes that arrive while a
 transaction is being written share the next one (group commit, no fixed delay): a message
-counts as accepted only once its transaction is on disk, and one fsync serves a whole batch. A message leaves the outbox
-when the cloud acknowledges it end to end (a signed `ack` naming its id, sent after the cloud
-committed it) — a broker's PUBACK alone is not enough, because a broker that crashes loses what
-it had queued. Unacknowledged messages are sent again after a reconnect or a timeout; the cloud
-de-duplicates by id.
+counts as accepted only once its transaction is on disk, and one fsync serves a whole batch.
+A message leaves the outbox when the cloud acknowledges it end to end (a signed `ack` naming
+its id, sent after the cloud committed it) — a broker's PUBACK alone is not enough, because a
+broker that crashes loses what it had queued. Unacknowledged messages are sent again after a
+reconnect or a timeout; the cloud de-duplicates by id.
 
 Classes, in sending order: 0 critical (receipts, orders, replies, security events), 1 events,
 2 telemetry. Within a class, messages go in the order they were accepted, which keeps each

@@ -686,28 +686,24 @@ def _operator_router() -> APIRouter:
     async def push(ctx: Ctx, body: PushIn) -> PushOut:
         """One signed `service` envelope (payload = `service`), published once per target topic.
 
-        A service with a `kind` (`shop`, `gov`, `info`) or `withdrawn: true` is a definition
-        (cloud_bridge/services.py): validated (400 with reasons), stored, then pushed. Without
-        either it is pushed as given (the generic push of earlier versions)."""
+        The service is a definition (cloud_bridge/services.py: `kind` shop, gov or info, or
+        `withdrawn: true`): validated as the gateways will (400 with reasons), stored (catalog,
+        price and stock), and pushed in its normalized form."""
         target = body.target.model_dump(exclude_none=True)
         for gateway_id in body.target.gateways or []:
             await _gateway_or_404(ctx, gateway_id)
-        service = body.service.model_dump()
-        if "kind" in service or "withdrawn" in service:
-            # A typed definition (shop, gov, info, or a withdrawal): validated as the gateway will,
-            # stored (catalog, price and stock), and pushed in its normalized form.
-            try:
-                definition = validate_definition(service)
-            except DefinitionError as exc:
-                raise HTTPException(
-                    400,
-                    {"reason": "invalid_service", "message": str(exc)[:2000], "reasons": exc.reasons[:50]},
-                ) from exc
-            try:
-                await ctx.service.shop.define(definition)
-            except ShopError as exc:
-                raise _problem(exc.status, exc.reason, str(exc)) from exc
-            service = definition.model_dump(mode="json", exclude_none=True)
+        try:
+            definition = validate_definition(body.service.model_dump())
+        except DefinitionError as exc:
+            raise HTTPException(
+                400,
+                {"reason": "invalid_service", "message": str(exc)[:2000], "reasons": exc.reasons[:50]},
+            ) from exc
+        try:
+            await ctx.service.shop.define(definition)
+        except ShopError as exc:
+            raise _problem(exc.status, exc.reason, str(exc)) from exc
+        service = definition.model_dump(mode="json", exclude_none=True)
         try:
             row = await ctx.service.push_service(target, service)
         except CloudUnavailable as exc:

@@ -192,7 +192,10 @@ async def test_reads_and_unknown_ids(cloud: CloudHarness) -> None:
     _problem(await cloud.api.get("/v1/commands/nope"), 404, "unknown_command")
     resp = await cloud.api.post(
         "/v1/services/push",
-        json={"target": {"gateways": ["gw-9"]}, "service": {"service_id": "s", "version": 1}},
+        json={
+            "target": {"gateways": ["gw-9"]},
+            "service": {"service_id": "s", "version": 1, "kind": "info", "title": "s", "body": "b"},
+        },
     )
     _problem(resp, 404, "unknown_gateway")
     _problem(
@@ -208,6 +211,10 @@ async def test_reads_and_unknown_ids(cloud: CloudHarness) -> None:
     ]
     for target in targets:
         resp = await cloud.api.post(
-            "/v1/services/push", json={"target": target, "service": {"service_id": "s", "version": 1}}
+            "/v1/services/push",
+            json={
+                "target": target,
+                "service": {"service_id": "s", "version": 1, "kind": "info", "title": "s", "body": "b"},
+            },
         )
         _problem(resp, 422, "invalid_request")

