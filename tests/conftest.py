@@ -48,6 +48,9 @@ def no_leaks() -> Iterator[None]:
         for t in set(threading.enumerate()) - before_threads
         if t.is_alive() and not t.daemon and not t.name.startswith("asyncio_")
     ]
+    for t in threads:  # a worker told to stop (aiosqlite's, after close()) may still be returning
+        t.join(timeout=2.0)
+    threads = [t for t in threads if t.is_alive()]
     assert not threads, f"test left threads running: {threads}"
 
 

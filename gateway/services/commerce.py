@@ -279,7 +279,9 @@ class OrderView(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: dict[str, Any]
+    detail: dict[str, Any] | str = Field(
+        description='{"reason", "message"}; or a sentence when the body is not JSON'
+    )
 
 
 def qr_data_uri(text: str) -> str:
@@ -380,8 +382,6 @@ class OperatorServices:
 
     async def place(self, body: OrderIn, caller: str) -> OrderView:
         """Store the order (pending), then queue it for the cloud."""
-        if self._send is None:
-            raise ServicesUnavailable("this box has no link to the operator's cloud")
         shop = self.catalog.get(body.service_id)
         if not isinstance(shop, Shop):
             raise LookupError(f"no shop {body.service_id!r} here")  # noqa: TRY004 - a lookup
@@ -393,6 +393,8 @@ class OperatorServices:
             if line.quantity > shop.max_quantity:
                 raise ValueError(f"at most {shop.max_quantity} of {item.id}")
             lines.append(OrderLine(item_id=item.id, quantity=line.quantity, price_fen=item.price_fen))
+        if self._send is None:  # a shop is here, so the box was linked once: it is not now
+            raise ServicesUnavailable("this box has no link to the operator's cloud")
         return await self._store_and_send(shop, lines, caller)
 
     async def reorder(self, key: str, caller: str) -> OrderView:

@@ -33,7 +33,7 @@ from cloud_bridge.services import (
     NoticeRead,
 )
 from gateway.errors import GatewayError
-from gateway.services.commerce import OperatorServices, ServicesUnavailable
+from gateway.services.commerce import OperatorServices, Problem, ServicesUnavailable
 from gateway.web import require_writer
 
 if TYPE_CHECKING:
@@ -249,10 +249,14 @@ def _problem(code: int, reason: str, message: str) -> HTTPException:
     return HTTPException(code, detail={"reason": reason, "message": message})
 
 
+def _refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem} for code in codes}
+
+
 def govservice_router(desk: GovDesk) -> APIRouter:
     r = APIRouter(prefix="/api/v1/services/{service_id}", tags=["services"])
 
-    @r.post("/queries/{query_id}", responses={400: {}, 401: {}, 404: {}, 503: {}})
+    @r.post("/queries/{query_id}", responses=_refusals(400, 401, 404, 503))
     async def query(service_id: str, query_id: str, body: QueryIn, caller: Writer) -> QueryOut:
         """Ask a government back end (household or admin token). 503 `service_unavailable` when
         the cloud cannot be reached or does not answer in time."""
@@ -271,7 +275,11 @@ def govservice_router(desk: GovDesk) -> APIRouter:
         """Ids of the notices the household has confirmed reading."""
         return await desk.read_notices(service_id)
 
-    @r.post("/notices/{notice_id}/read", status_code=status.HTTP_204_NO_CONTENT, responses={401: {}, 404: {}})
+    @r.post(
+        "/notices/{notice_id}/read",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=_refusals(401, 404, 503),
+    )
     async def read(service_id: str, notice_id: str, caller: Writer) -> None:
         """The household has read a notice: a read receipt goes to the operator (once)."""
         try:
@@ -284,7 +292,7 @@ def govservice_router(desk: GovDesk) -> APIRouter:
     @r.post(
         "/appointments/{appointment_id}",
         status_code=status.HTTP_202_ACCEPTED,
-        responses={401: {}, 404: {}, 503: {}},
+        responses=_refusals(400, 401, 404, 503),
     )
     async def book(service_id: str, appointment_id: str, body: BookingIn, caller: Writer) -> BookingView:
         """Book a slot: stored as pending, sent through the outbox, answered by the cloud."""
@@ -295,7 +303,7 @@ def govservice_router(desk: GovDesk) -> APIRouter:
         except ServicesUnavailable as exc:
             raise _problem(503, "service_unavailable", str(exc)) from exc
 
-    @r.get("/bookings/{key}", responses={404: {}})
+    @r.get("/bookings/{key}", responses=_refusals(404))
     async def booking(service_id: str, key: str) -> BookingView:
         found = await desk.booking(key)
         if found is None or found.service_id != service_id:
