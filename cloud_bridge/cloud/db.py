@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
-from tortoise.exceptions import BaseORMException, ConfigurationError, IntegrityError
+from tortoise.exceptions import BaseORMException, ConfigurationError
 from tortoise.expressions import F
 from tortoise.functions import Count
 from tortoise.migrations.executor import MigrationExecutor
@@ -1003,13 +1003,25 @@ class CloudDB:
     async def set_order_state(
         self, order_id: str, *, from_states: Iterable[str], state: str, at: datetime
     ) -> bool:
-        """Move an order to `state` if it is in one of `from_states` now (compare-and-set)."""
+        """Move an order to `state` if it is in one of `from_states` now (compare-and-set). A
+        cancelled order gives its stock back, in the same transaction."""
         self._check()
         try:
-            updated = await m.ShopOrder.filter(id=order_id, state__in=list(from_states)).update(
-                state=state, updated_at=at
-            )
-        except IntegrityError as exc:
+            async with in_transaction(self._conn_name) as conn:
+                updated = (
+                    await m.ShopOrder.filter(id=order_id, state__in=list(from_states))
+                    .using_db(conn)
+                    .update(state=state, updated_at=at)
+                )
+                if updated and state == "cancelled":
+                    order = await m.ShopOrder.get(id=order_id).using_db(conn)
+                    for line in order.lines:
+                        await (
+                            m.ShopItem.filter(service_id=order.service_id, item_id=line["item_id"])
+                            .using_db(conn)
+                            .update(stock=F("stock") + int(line["quantity"]))
+                        )
+        except (BaseORMException, OSError) as exc:
             raise CloudDBError(f"cannot update order {order_id}: {exc}") from exc
         return bool(updated)
 

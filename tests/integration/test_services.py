@@ -293,6 +293,30 @@ async def test_ordering_by_voice_and_asking_about_orders(stand: Stand) -> None:
         assert "身份证号" in await say("查一下我的社保")
 
 
+async def test_a_cancelled_order_gives_its_stock_back(stand: Stand) -> None:
+    await stand.push(SHOP)
+    await stand.wait_listed("shop.fresh")
+    placed = await stand.order(("milk-box", 2))
+    confirmed = await stand.wait_order(placed["key"], "confirmed")
+
+    async def milk_stock() -> int:
+        items = {i["item_id"]: i for i in await stand.cloud.get("/v1/shop/shop.fresh/items")}
+        return int(items["milk-box"]["stock"])
+
+    assert await milk_stock() == 98
+    resp = await stand.cloud.api.post(
+        f"/v1/shop/orders/{confirmed['order_id']}/status", json={"state": "cancelled"}
+    )
+    assert resp.status_code == 200, resp.text
+    await stand.wait_order(placed["key"], "cancelled")
+    assert await milk_stock() == 100
+    # Cancelling again changes nothing (and gives nothing back twice).
+    again = await stand.cloud.api.post(
+        f"/v1/shop/orders/{confirmed['order_id']}/status", json={"state": "cancelled"}
+    )
+    assert again.status_code == 200 and await milk_stock() == 100
+
+
 async def test_a_changed_price_is_shown_before_ordering_again(stand: Stand) -> None:
     await stand.push(SHOP)
     await stand.wait_listed("shop.fresh")
