@@ -1014,7 +1014,7 @@ class CloudDB:
                     .update(state=state, updated_at=at)
                 )
                 if updated and state == "cancelled":
-                    order = await m.ShopOrder.get(id=order_id).using_db(conn)
+                    order = await m.ShopOrder.get(id=order_id, using_db=conn)
                     for line in order.lines:
                         await (
                             m.ShopItem.filter(service_id=order.service_id, item_id=line["item_id"])
