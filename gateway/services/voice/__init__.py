@@ -70,6 +70,21 @@ class VoiceServices(Protocol):
     async def gov_query(self, service: str, lang: str) -> str: ...
 
 
+#: What is said when there is nothing to act on (zh-CN, en).
+_Text = tuple[str, str]
+_NO_DEVICE: _Text = ("没有找到这个设备。", "I couldn't find that device.")
+_NO_DIMMABLE: _Text = ("没有可以调亮度的灯。", "There's no dimmable light there.")
+_NO_VOLUME: _Text = ("没有可以调音量的设备。", "Nothing here has a volume.")
+_NO_MUTE: _Text = ("没有可以静音的设备。", "Nothing here can be muted.")
+_NO_TV: _Text = ("没有找到电视。", "I couldn't find a TV.")
+
+
+class _Reply(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True)
 class Utterance:
     text: str
@@ -251,12 +266,13 @@ class VoiceService:
         return failed
 
     async def _execute(self, m: Match, lang: str, source: str) -> str:
-        s = m.slots
-        intent = m.intent
-        handler = self._handlers().get(intent)
+        handler = self._handlers().get(m.intent)
         if handler is None:
             return _t(lang, "这个我还不会。", "I can't do that yet.")
-        return await handler(s, lang, source, m)
+        try:
+            return await handler(m.slots, lang, source, m)
+        except _Reply as reply:  # a question back, or nothing to act on
+            return reply.text
 
     def _handlers(self) -> dict[str, Callable[[Mapping[str, Any], str, str, Match], Awaitable[str]]]:
         return {
@@ -285,6 +301,24 @@ class VoiceService:
             "BfyGovQuery": self._gov,
         }
 
+    def _chosen(
+        self,
+        targets: list[Device] | str,
+        m: Match,
+        lang: str,
+        source: str,
+        kind: Kind | None,
+        none: _Text,
+    ) -> list[Device]:
+        """The devices `_targets` found; else the answer instead of acting (`_Reply`): a question
+        back when it cannot tell which, or `none` when there is nothing to act on."""
+        if targets == "ask":
+            raise _Reply(self._ask(m, lang, source, kind))
+        if targets == "none":
+            raise _Reply(_t(lang, *none))
+        assert isinstance(targets, list)
+        return targets
+
     def _ask(self, m: Match, lang: str, source: str, kind: Kind | None) -> str:
         self.stats.asked_back += 1
         self._pending[source] = _Pending(m, lang, time.monotonic() + _CONTEXT_S)
@@ -293,13 +327,8 @@ class VoiceService:
         return _t(lang, f"哪个房间的{what_zh}？", f"Which room's {what_en}?")
 
     async def _switch(self, s: Mapping[str, Any], lang: str, source: str, m: Match, on: bool) -> str:
-        targets = self._targets(s, source, capability="on")
         kind = _kind(s)
-        if targets == "ask":
-            return self._ask(m, lang, source, kind)
-        if targets == "none":
-            return _t(lang, "没有找到这个设备。", "I couldn't find that device.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._targets(s, source, capability="on"), m, lang, source, kind, _NO_DEVICE)
         failed = await self._apply(targets, {"on": on})
         return self._done(
             lang, targets, failed, _t(lang, "打开了" if on else "关闭了", "on" if on else "off")
@@ -321,13 +350,12 @@ class VoiceService:
             else f"OK, {verb} {names_en}."
         )
 
+    def _dimmable(self, s: Mapping[str, Any], lang: str, source: str, m: Match) -> list[Device]:
+        found = self._targets(s, source, capability="brightness", default_kind=Kind.LIGHT)
+        return self._chosen(found, m, lang, source, Kind.LIGHT, _NO_DIMMABLE)
+
     async def _brightness(self, s: Mapping[str, Any], lang: str, source: str, m: Match) -> str:
-        targets = self._targets(s, source, capability="brightness", default_kind=Kind.LIGHT)
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.LIGHT)
-        if targets == "none":
-            return _t(lang, "没有可以调亮度的灯。", "There's no dimmable light there.")
-        assert isinstance(targets, list)
+        targets = self._dimmable(s, lang, source, m)
         level = max(0, min(100, round(float(s.get("percent", 50)))))
         failed = await self._apply(targets, {"on": level > 0, "brightness": level})
         return self._done(lang, targets, failed, _t(lang, f"把亮度调到{level}%：", f"set to {level}%:"))
@@ -335,12 +363,7 @@ class VoiceService:
     async def _brightness_step(
         self, s: Mapping[str, Any], lang: str, source: str, m: Match, step: int
     ) -> str:
-        targets = self._targets(s, source, capability="brightness", default_kind=Kind.LIGHT)
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.LIGHT)
-        if targets == "none":
-            return _t(lang, "没有可以调亮度的灯。", "There's no dimmable light there.")
-        assert isinstance(targets, list)
+        targets = self._dimmable(s, lang, source, m)
         for dev in targets:
             level = max(0, min(100, int(dev.state.get("brightness", 50)) + step))
             await self._apply([dev], {"on": True, "brightness": level})
@@ -371,12 +394,7 @@ class VoiceService:
         return tvs if len(tvs) == 1 else ("ask" if tvs else "none")
 
     async def _volume(self, s: Mapping[str, Any], lang: str, source: str, m: Match) -> str:
-        targets = self._media_target(s, source, "volume")
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.TV)
-        if targets == "none":
-            return _t(lang, "没有可以调音量的设备。", "Nothing here has a volume.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._media_target(s, source, "volume"), m, lang, source, Kind.TV, _NO_VOLUME)
         level = max(0, min(100, round(float(s.get("percent", 30)))))
         failed = await self._apply(targets, {"volume": level})
         return self._done(
@@ -384,12 +402,7 @@ class VoiceService:
         )
 
     async def _volume_step(self, s: Mapping[str, Any], lang: str, source: str, m: Match, step: int) -> str:
-        targets = self._media_target(s, source, "volume")
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.TV)
-        if targets == "none":
-            return _t(lang, "没有可以调音量的设备。", "Nothing here has a volume.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._media_target(s, source, "volume"), m, lang, source, Kind.TV, _NO_VOLUME)
         for dev in targets:
             level = max(0, min(100, int(dev.state.get("volume", 30)) + step))
             await self._apply([dev], {"volume": level, "muted": False})
@@ -400,12 +413,7 @@ class VoiceService:
         )
 
     async def _mute(self, s: Mapping[str, Any], lang: str, source: str, m: Match, muted: bool) -> str:
-        targets = self._media_target(s, source, "muted")
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.TV)
-        if targets == "none":
-            return _t(lang, "没有可以静音的设备。", "Nothing here can be muted.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._media_target(s, source, "muted"), m, lang, source, Kind.TV, _NO_MUTE)
         failed = await self._apply(targets, {"muted": muted})
         return self._done(
             lang,
@@ -418,12 +426,7 @@ class VoiceService:
         return self._targets(s, source, capability=capability, default_kind=Kind.TV)
 
     async def _channel(self, s: Mapping[str, Any], lang: str, source: str, m: Match) -> str:
-        targets = self._tv(s, source, "channel")
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.TV)
-        if targets == "none":
-            return _t(lang, "没有找到电视。", "I couldn't find a TV.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._tv(s, source, "channel"), m, lang, source, Kind.TV, _NO_TV)
         if "channel" in s or "channel_number" in s:
             number = int(s.get("channel", s.get("channel_number", 1)))
         else:  # 下一个台
@@ -434,12 +437,7 @@ class VoiceService:
         )
 
     async def _input(self, s: Mapping[str, Any], lang: str, source: str, m: Match) -> str:
-        targets = self._tv(s, source, "input")
-        if targets == "ask":
-            return self._ask(m, lang, source, Kind.TV)
-        if targets == "none":
-            return _t(lang, "没有找到电视。", "I couldn't find a TV.")
-        assert isinstance(targets, list)
+        targets = self._chosen(self._tv(s, source, "input"), m, lang, source, Kind.TV, _NO_TV)
         source_name = str(s.get("input_source", "tv"))
         failed = await self._apply(targets, {"on": True, "input": source_name})
         return self._done(
