@@ -160,10 +160,16 @@ class Matcher:
             return _refine(
                 Match(result.intent.name, {k: v.value for k, v in result.entities.items()}, "product"), lang
             )
+        return self.match_public(text, lang)
+
+    def match_public(self, text: str, lang: str) -> Match | None:
+        """The fallback alone: the public home-assistant-intents sentences, mapped onto the
+        product's intents (also the voice benchmark's baseline)."""
+        lang = base_language(lang)
         public = self._public[lang]
         if public is None:
             return None
-        result = recognize(text, public, slot_lists=lists, language=lang)
+        result = recognize(text, public, slot_lists=self._lists[lang], language=lang)
         if result is None:
             return None
         slots: dict[str, Any] = {k: v.value for k, v in result.entities.items()}
