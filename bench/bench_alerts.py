@@ -574,7 +574,9 @@ async def main(args: argparse.Namespace) -> None:
                         log_path=tmp / "gateway.log",
                         ready=r" ready: ",
                         env={**os.environ, "GATEWAY_DISCOVERY__MDNS": "true",
-                             "GATEWAY_DISCOVERY__INTERFACES": "lo", "GATEWAY_DISCOVERY__COAP": "false"},
+                             "GATEWAY_DISCOVERY__INTERFACES": "lo", "GATEWAY_DISCOVERY__COAP": "false",
+                             # the installer approved the home's terminals on site
+                             "GATEWAY_DISCOVERY__AUTO_APPROVE": "tasmota,zigbee2mqtt,terminal"},
                     )  # fmt: skip
                     await gateway.start(timeout_s=30)
                     ready_s = await wait_home_ready(api, tvs, speakers)

@@ -76,6 +76,8 @@ async def main(n: int, coap_interval_s: float, idle_s: float) -> None:
                 "GATEWAY_DISCOVERY__COAP_INTERVAL_S": str(coap_interval_s),
                 "GATEWAY_DISCOVERY__COAP_WINDOW_S": "1.0",
                 "GATEWAY_HOMEASSISTANT__ENABLED": "false",
+                # measured as found by discovery: everything is approved on arrival
+                "GATEWAY_DISCOVERY__AUTO_APPROVE": "tasmota,zigbee2mqtt,terminal,coap",
             }
             gateway = Child(
                 "gateway",

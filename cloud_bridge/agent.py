@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +56,11 @@ _MAX_AGE = {
 }
 _DEFAULT_MAX_AGE = timedelta(days=30)
 _SECURITY_REPORTS_PER_MIN = 20
-# Home events worth telling the operator; voice transcripts stay in the home.
-_PRIVATE_EVENTS = frozenset({"voice", "error"})
+# Home events that never go to the operator: command errors echo what was sent, and voice
+# events carry what a person said (`voice`) and the answer to it (`voice_reply`); transcripts
+# leave the home only with `cloud.share_voice_transcripts`.
+_PRIVATE_EVENTS = frozenset({"voice", "voice_reply", "error"})
+_TRANSCRIPT_EVENTS = frozenset({"voice", "voice_reply"})
 
 
 @dataclass(slots=True)
@@ -86,8 +89,10 @@ class CloudAgent:
         connect_timeout_s: float = 10.0,
         reconnect_max_s: float = 30.0,
         on_reboot: Callable[[], None] | None = None,
+        share_voice_transcripts: bool = False,
     ) -> None:
         self._id = identity
+        self._private = _PRIVATE_EVENTS - (_TRANSCRIPT_EVENTS if share_voice_transcripts else frozenset())
         self._outbox = outbox
         self._hub = hub
         self._bus = bus
@@ -135,6 +140,8 @@ class CloudAgent:
         self._hello_id = ""
         self._new_connection = asyncio.Event()
         self._epoch = 0
+        #: More for the diagnostics reply (the daemon adds what its HTTP server refused).
+        self.diagnostics_extra: Callable[[], dict[str, Any]] = dict
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -271,7 +278,7 @@ class CloudAgent:
     def _on_bus(self, event: Event) -> None:
         if event.kind in ("info", "state", "availability", "removed"):
             self._dirty.add(event.device_id)
-        elif event.kind == "event" and event.device_id not in _PRIVATE_EVENTS:
+        elif event.kind == "event" and event.device_id not in self._private:
             payload = {"kind": event.device_id, **event.data}
             envelope = new_envelope("event", payload, gateway_id=self._id.gateway_id)
             if self._events.full():  # drop the oldest: the outbox keeps up unless the disk is failing
@@ -431,10 +438,14 @@ class CloudAgent:
             "outbox": {
                 "messages": len(self._outbox),
                 "waiting": self._outbox.waiting,
-                **vars(self._outbox.stats),
+                **asdict(self._outbox.stats),
             },
-            "link": {**vars(self.stats), **vars(self.mqtt.stats)},
+            "link": {**asdict(self.stats), **asdict(self.mqtt.stats)},
             "trust_keys": len(self._id.trust),
+            # What the home network sent that the box refused: drops, rejects and impostors by
+            # adapter and reason.
+            "lan_drops": hub.drop_counts() if hub else {},
+            **self.diagnostics_extra(),
         }
 
     async def _reboot(self, args: Mapping[str, Any]) -> dict[str, Any]:

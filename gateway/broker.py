@@ -1,6 +1,8 @@
 """A private Mosquitto for the demo and the tests: generated config, free port, always stopped.
 
-Nothing here touches the system broker or its configuration.
+Nothing here touches the system broker or its configuration. With `dynsec_file` the broker is
+secured as the box's is: no anonymous clients, logins and ACLs from the dynamic-security plugin
+(gateway/logins.py), client ids bound to user names.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.errors import BrokerError
+from gateway.logins import plugin_path
 
 __all__ = ["PrivateBroker", "free_port", "mosquitto_binary"]
 
@@ -57,11 +60,13 @@ class PrivateBroker:
         persistence: bool = False,
         extra_config: str = "",
         workdir: Path | None = None,
+        dynsec_file: Path | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self._persistence = persistence
         self._extra = extra_config
+        self._dynsec = dynsec_file
         self._own_dir = workdir is None
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="gw-mosquitto-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +87,19 @@ class PrivateBroker:
         return self._proc.pid if self._proc else None
 
     def config_text(self) -> str:
-        lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+        lines = [f"listener {self.port} {self.host}"]
+        if self._dynsec is not None:
+            # As on the box: no anonymous clients, a login per device (gateway/logins.py), and
+            # every client id is its user name, so no login can take over another's session.
+            lines += [
+                "allow_anonymous false",
+                f"plugin {plugin_path()}",
+                f"plugin_opt_config_file {self._dynsec}",
+                "use_username_as_clientid true",
+            ]
+        else:
+            lines.append("allow_anonymous true")
+        lines += [
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,9 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     dsub = p.add_subparsers(dest="devices_command")
     pa = dsub.add_parser("approve", help="approve a pending device, optionally naming it")
-    pa.add_argument("device_id")
+    pa.add_argument("device_id", nargs="?", help="the device (see --pending); or --all")
+    pa.add_argument("--all", action="store_true", help="approve every device waiting for approval")
     pa.add_argument("--name")
     pa.add_argument("--room")
+    pa.add_argument(
+        "--replaces",
+        metavar="DEVICE_ID",
+        help="the waiting device is this approved one at a new address (a TV that moved): "
+        "it keeps its id, name and room",
+    )
     pf = dsub.add_parser("forget", help="remove a device (its retained topics are cleared)")
     pf.add_argument("device_id")
 
@@ -132,6 +140,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--code", required=True, help="the work-order code, e.g. K7QF-9M2X-RT")
     p.add_argument("--ca", metavar="FILE", help="CA bundle to check the cloud's HTTPS certificate")
+
+    p = sub.add_parser("logins", help="broker logins, one per device (Mosquitto's dynamic-security plugin)")
+    _common(p)
+    p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
+    lsub = p.add_subparsers(dest="logins_command", metavar="ACTION")
+    pl = lsub.add_parser(
+        "init", help="set up the box's broker: the plugin's file and the gateway's own login"
+    )
+    pl.add_argument(
+        "--dynsec-file",
+        type=Path,
+        default=Path("/var/lib/mosquitto/dynamic-security.json"),
+        help="the plugin's file, as in the Mosquitto config (default %(default)s)",
+    )
+    pl.add_argument("--username", default="gateway", help="the gateway daemon's login (default %(default)s)")
+    pl.add_argument("--force", action="store_true", help="replace an existing file (every login is lost)")
+    pl = lsub.add_parser("add", help="a login for one device; prints what to enter on the device")
+    pl.add_argument("kind", choices=["tasmota", "zigbee2mqtt", "homeassistant"])
+    pl.add_argument("--mac", default="", help="Tasmota: the plug's MAC (on its web page, Information)")
+    pl.add_argument(
+        "--topic", default="", help="Tasmota: its topic (default tasmota_<MAC6>); Zigbee2MQTT: base topic"
+    )
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl = lsub.add_parser("remove", help="delete a login; the device is disconnected at once")
+    pl.add_argument("username")
+    lsub.add_parser("list", help="the logins the gateway made (never their passwords)")
 
     p = sub.add_parser("reset", help="reset the box")
     _common(p)
@@ -168,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_pair(args)
         if args.command == "devices":
             return _cmd_devices(args)
+        if args.command == "logins":
+            return _cmd_logins(args)
         if args.command == "provision":
             return _cmd_provision(args)
         if args.command == "reset":
@@ -267,7 +303,7 @@ def _local_api(args: argparse.Namespace, *, admin: bool) -> tuple[str, dict[str,
             url = (settings.state_dir / HTTP_URL_FILE).read_text().strip()
         except OSError:
             host, _, port = settings.http.listen.rpartition(":")
-            url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"  # noqa: S104
+            url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '', 'lan') else host}:{port}"  # noqa: S104
     headers: dict[str, str] = {}
     if admin:
         try:
@@ -349,11 +385,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     try:
         with httpx.Client(base_url=url, timeout=10.0, headers=headers) as client:
             if args.devices_command == "approve":
-                r = client.post(
-                    f"/api/v1/devices/{args.device_id}/approve",
-                    json={"name": args.name, "room": args.room},
-                )
-                return _report(r, f"approved {args.device_id}")
+                return _approve(client, args)
             if args.devices_command == "forget":
                 r = client.delete(f"/api/v1/devices/{args.device_id}")
                 return _report(r, f"forgot {args.device_id}")
@@ -373,6 +405,132 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         devices_table(devices, title="待批准设备 Pending devices" if args.pending else "设备 Devices")
     )
     return 0
+
+
+def _cmd_logins(args: argparse.Namespace) -> int:
+    if args.logins_command == "init":
+        return _logins_init(args)
+    import httpx  # noqa: PLC0415
+
+    url, headers = _local_api(args, admin=True)
+    try:
+        with httpx.Client(base_url=url, timeout=15.0, headers=headers) as client:
+            if args.logins_command == "add":
+                r = client.post(
+                    "/api/v1/logins", json={"kind": args.kind, "mac": args.mac, "topic": args.topic}
+                )
+                if r.status_code != 201:
+                    return _report(r, "")
+                made = r.json()
+                if args.json:
+                    print(json.dumps(made, ensure_ascii=False, indent=2))
+                else:
+                    _print_login(made, _settings(args))
+                return 0
+            if args.logins_command == "remove":
+                return _report(client.delete(f"/api/v1/logins/{args.username}"), f"removed {args.username}")
+            r = client.get("/api/v1/logins")
+    except httpx.HTTPError as exc:
+        raise _unreachable(url, exc) from exc
+    if r.status_code != 200:
+        return _report(r, "")
+    for login in r.json():
+        print(f"{login['username']:<28} {login['kind']:<14} {login['topic'] or '-':<24} {login['created']}")
+    return 0
+
+
+def _print_login(made: dict[str, Any], settings: Settings) -> None:
+    """What the installer types into the device, zh-CN first."""
+    from gateway.devices.mdns import resolve_interfaces  # noqa: PLC0415
+
+    try:
+        host = resolve_interfaces(settings.discovery.interfaces)[0]
+    except GatewayError:
+        host = "<网关的局域网地址 the box's LAN address>"
+    port = settings.mqtt.port
+    if made["kind"] == "tasmota":
+        print("在插座网页 配置 → MQTT 中填写 / On the plug's web page, Configuration → MQTT:")
+        rows = [
+            ("Host", host), ("Port", str(port)), ("Client", made["client_id"]),
+            ("User", made["username"]), ("Password", made["password"]), ("Topic", made["topic"]),
+        ]  # fmt: skip
+    elif made["kind"] == "zigbee2mqtt":
+        print("写入 Zigbee2MQTT 的 configuration.yaml / In Zigbee2MQTT's configuration.yaml, under mqtt:")
+        rows = [
+            ("server", f"mqtt://{host}:{port}"), ("user", made["username"]), ("password", made["password"]),
+            ("base_topic", made["topic"]), ("client_id", made["client_id"]),
+        ]  # fmt: skip
+    else:
+        print("Home Assistant → MQTT 集成 / Home Assistant's MQTT integration:")
+        rows = [
+            ("Broker", host),
+            ("Port", str(port)),
+            ("Username", made["username"]),
+            ("Password", made["password"]),
+        ]
+    for key, value in rows:
+        print(f"  {key:<11} {value}")
+    print("密码只显示这一次 The password is shown only this once.")
+
+
+def _logins_init(args: argparse.Namespace) -> int:
+    from gateway.logins import dynsec_config, write_private  # noqa: PLC0415
+
+    settings = _settings(args)
+    target: Path = args.dynsec_file
+    if target.exists() and not args.force:
+        raise GatewayError(f"{target} exists; --force replaces it (and every login in it)")
+    password = secrets.token_urlsafe(24)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_private(target, json.dumps(dynsec_config(args.username, password), indent=1) + "\n")
+    secret = settings.state_dir / "mqtt.password"
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    write_private(secret, password + "\n")
+    if os.geteuid() == 0:
+        _give(target, "mosquitto")
+        _give(secret, "gateway")
+    print(f"wrote {target} and {secret}")
+    print("Add to /etc/gateway/gateway.toml:")
+    print(f'  [mqtt]\n  username = "{args.username}"\n  password_file = "{secret}"\n  device_logins = true')
+    print("then restart mosquitto and the gateway (docs/installer-guide.md).")
+    return 0
+
+
+def _give(path: Path, user: str) -> None:
+    """Hand a file to a system user when it exists (the broker reads its file as `mosquitto`)."""
+    import pwd  # noqa: PLC0415
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _approve(client: Any, args: argparse.Namespace) -> int:
+    if args.all == bool(args.device_id):
+        raise GatewayError("name one device to approve, or --all")
+    if args.all:
+        waiting = client.get("/api/v1/devices", params={"pending": "true"})
+        waiting.raise_for_status()
+        ids = [d["info"]["id"] for d in waiting.json()]
+        failed = sum(
+            _report(client.post(f"/api/v1/devices/{i}/approve", json={}), f"approved {i}") for i in ids
+        )
+        print(
+            f"{len(ids) - failed} devices approved 已批准"
+            if ids
+            else "no device waits for approval 没有待批准设备"
+        )
+        return 1 if failed else 0
+    body = {"name": args.name, "room": args.room, "replaces": args.replaces}
+    r = client.post(f"/api/v1/devices/{args.device_id}/approve", json=body)
+    done = (
+        f"{args.replaces} is now at {args.device_id}'s address"
+        if args.replaces
+        else f"approved {args.device_id}"
+    )
+    return _report(r, done)
 
 
 def _report(response: Any, ok: str) -> int:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_PREFIX",
     "HttpSettings",
+    "LanSettings",
     "MqttSettings",
     "Settings",
     "load_settings",
@@ -44,7 +46,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/gateway/gateway.toml")
 ENV_PREFIX = "GATEWAY_"
 SYSTEM_STATE_DIR = Path("/var/lib/gateway")
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
-DEFAULT_HTTP_LISTEN = "0.0.0.0:8080"
+#: `lan` stands for every address of `discovery.interfaces`, plus 127.0.0.1 for the box itself.
+DEFAULT_HTTP_LISTEN = "lan:8080"
 
 
 def _check_mqtt_url(url: str) -> str:
@@ -86,6 +89,13 @@ class MqttSettings(_Section):
     url: MqttUrl = DEFAULT_MQTT_URL
     username: str | None = None
     password: SecretStr | None = None
+    #: A file holding the password (as `gateway logins init` writes it); used when `password`
+    #: is not set.
+    password_file: Path | None = None
+    #: The broker runs the dynamic-security plugin and this login administers it: the gateway
+    #: gives each Tasmota and Zigbee2MQTT device a login of its own (`gateway logins add`) and
+    #: accepts a Tasmota config only from a MAC that has one (docs/installer-guide.md).
+    device_logins: bool = False
     client_id: str | None = Field(default=None, max_length=64)
     keepalive_s: int = Field(default=30, ge=5, le=600)
     connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
@@ -113,12 +123,25 @@ class MqttSettings(_Section):
 class HttpSettings(_Section):
     """The gateway's LAN HTTP server: TV menu at `/`, JSON API under `/api/v1/`."""
 
+    model_config = ConfigDict(populate_by_name=True)
+
     enabled: bool = True
+    #: HOST:PORT. The host `lan` means every address of `discovery.interfaces` plus 127.0.0.1:
+    #: never the operator's side of the box.
     listen: Listen = DEFAULT_HTTP_LISTEN
-    #: The TV menu's settings screen shows the pairing PIN to any LAN client (the TV is one).
-    #: Off: the PIN comes only from `gateway pair` on the box.
-    show_pin_on_lan: bool = True
+    #: More names the box answers to in `Host` (for example its name in the home router's DNS).
+    #: Its own addresses, `localhost` and `<gateway id>.local` are always accepted.
+    allowed_hosts: tuple[str, ...] = ()
+    #: The pairing PIN appears on the box's own screen and on approved TVs (their settings
+    #: screen); off: only `gateway pair` on the box shows it. (Formerly `show_pin_on_lan`.)
+    show_pin_on_screens: bool = Field(
+        default=True, validation_alias=AliasChoices("show_pin_on_screens", "show_pin_on_lan")
+    )
     pin_lifetime_s: float = Field(default=600.0, ge=30, le=86400)
+    #: Live-update streams (`/api/v1/stream`) one LAN client may hold, and all non-screen
+    #: clients together; screens (the box, approved TVs) always get theirs.
+    max_streams_per_client: int = Field(default=4, ge=1, le=100)
+    max_streams: int = Field(default=32, ge=1, le=1000)
 
 
 class RegistrySettings(_Section):
@@ -134,9 +157,13 @@ class RegistrySettings(_Section):
 class DiscoverySettings(_Section):
     """LAN discovery (mDNS/DNS-SD, CoAP multicast) and the installer inbox."""
 
-    #: Protocols whose newly found devices are approved without an installer. Third-party
-    #: mDNS devices (`mdns`) wait as pending by default.
-    auto_approve: tuple[str, ...] = ("tasmota", "zigbee2mqtt", "terminal", "coap")
+    #: Protocols whose newly found devices are approved without an installer. Tasmota and
+    #: Zigbee2MQTT devices reach the gateway only through a broker login the installer gave
+    #: them, so their arrival is already the installer's doing. Operator terminals, CoAP and
+    #: third-party mDNS devices have no credentials: anyone on the LAN can claim to be one (a
+    #: fake smoke detector would raise an alarm, a fake speaker would give voice commands), so
+    #: they wait for the installer (docs/security.md).
+    auto_approve: tuple[str, ...] = ("tasmota", "zigbee2mqtt")
     #: LAN interfaces (names or IPv4 addresses) for multicast. Never all interfaces: the box
     #: also faces the operator's network.
     interfaces: tuple[str, ...] = ("br-lan",)
@@ -152,6 +179,31 @@ class DiscoverySettings(_Section):
     #: An operator terminal whose event stream is silent this long is offline (it sends a
     #: keep-alive every 15 s).
     terminal_event_timeout_s: float = Field(default=45.0, gt=0, le=3600)
+
+
+class LanSettings(_Section):
+    """Bounds on everything a peer on the home network sends (docs/configuration.md). Over a
+    bound the input is dropped, counted and logged, never kept. The defaults fit a 1 GB
+    set-top box: the whole LAN side stays within a few tens of MB however a peer behaves."""
+
+    #: One JSON message from a device (terminal event, Tasmota or Zigbee2MQTT state, CoAP SenML).
+    max_json_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: How deeply arrays and objects may nest in a device's JSON (real payloads use 3 or 4).
+    max_json_depth: int = Field(default=32, ge=4, le=1000)
+    #: A terminal's `/info` answer, and one server-sent event line or event.
+    max_http_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: An mDNS TXT record (RFC 6763 §6.2: up to 1300 bytes still fits one packet).
+    max_txt_bytes: int = Field(default=1300, ge=200, le=9000)
+    #: The Zigbee2MQTT device list (`bridge/devices`), which lists every paired device.
+    max_device_list_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: Devices one protocol may bring into the registry (approved and waiting).
+    max_devices_per_protocol: int = Field(default=128, ge=1, le=10_000)
+    #: Devices one protocol may have waiting for the installer (the inbox).
+    max_pending_per_protocol: int = Field(default=32, ge=1, le=10_000)
+    #: Devices one physical device may become (Tasmota relays, Zigbee endpoints, CoAP objects).
+    max_channels_per_device: int = Field(default=32, ge=1, le=256)
+    #: Tasmota sensor announcements kept while their device's config has not arrived yet.
+    max_early_sensors: int = Field(default=64, ge=0, le=10_000)
 
 
 class TasmotaSettings(_Section):
@@ -180,6 +232,9 @@ class CloudSettings(_Section):
     ack_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     outbox_max_messages: int = Field(default=50_000, ge=100, le=10_000_000)
     reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
+    #: What people say to the speakers, and the answers, stay in the home unless this is on
+    #: (for example while the household takes part in a speech-recognition trial).
+    share_voice_transcripts: bool = False
 
 
 class AlertSettings(_Section):
@@ -209,6 +264,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     registry: RegistrySettings = RegistrySettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    lan: LanSettings = LanSettings()
     tasmota: TasmotaSettings = TasmotaSettings()
     zigbee2mqtt: Zigbee2MqttSettings = Zigbee2MqttSettings()
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()

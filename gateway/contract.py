@@ -235,10 +235,11 @@ class MqttContract:
     async def _execute(self, device_id: str, values: dict[str, Any]) -> None:
         try:
             await self._hub.command(device_id, values)
-        except DeviceError as exc:
+        except (DeviceError, CommandRejected) as exc:
             self._error(device_id, exc.reason, exc.detail, _dumps(values))
-        except CommandRejected as exc:
-            self._error(device_id, exc.reason, exc.detail, _dumps(values))
+        except Exception as exc:  # one device's failure never stops the others
+            log.exception("command for %s failed", device_id)
+            self._error(device_id, "internal_error", type(exc).__name__, _dumps(values))
 
     def _error(self, device_id: str, reason: str, detail: str, payload: bytes) -> None:
         """Tell the sender (on `event/error`) and the log (once per device and reason a minute)."""

@@ -16,9 +16,11 @@ from rich.console import Console
 from cloud_bridge.identity import Identity, NotProvisioned
 from cloud_bridge.protocol import BridgeError
 from gateway.config import Settings
+from gateway.daemon import HTTP_URL_FILE
 from gateway.errors import BrokerError, GatewayError, RegistryError
 from gateway.mqtt import MqttClient
 from gateway.registry import Registry
+from gateway.web import load_admin_token
 
 __all__ = ["Check", "run_doctor"]
 
@@ -34,6 +36,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: Passed, but the installer should look (it never fails the run).
+    warn: bool = False
 
 
 def _probe_writable(d: Path) -> None:
@@ -167,6 +171,35 @@ async def _check_cloud(settings: Settings) -> list[Check]:
     return checks
 
 
+async def _check_lan(settings: Settings) -> Check:
+    """What the running daemon refused from the home network: drops, rejects and impostors
+    per adapter (its admin health view)."""
+    try:
+        url = (settings.state_dir / HTTP_URL_FILE).read_text().strip()
+        token = load_admin_token(settings.state_dir)
+    except OSError:
+        return Check("lan", True, "the gateway is not running here; no counters to show", warn=True)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5.0, trust_env=False) as client:
+            r = await client.get("/api/v1/health/detail", headers={"Authorization": f"Bearer {token}"})
+        r.raise_for_status()
+        health = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Check("lan", True, f"the gateway at {url} did not answer ({type(exc).__name__})", warn=True)
+    drops: dict[str, dict[str, int]] = health.get("drops", {})
+    impostors = int(health.get("impostors", 0))
+    if not drops:
+        return Check(
+            "lan", True, f"nothing refused from the home network; {health.get('pending', 0)} devices wait"
+        )
+    per_adapter = ", ".join(
+        f"{adapter} {sum(reasons.values())} ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items())[:4])})"
+        for adapter, reasons in sorted(drops.items())
+    )
+    note = f"; {impostors} impostor announcements: see `gateway devices --pending`" if impostors else ""
+    return Check("lan", True, f"refused: {per_adapter}{note}", warn=bool(impostors))
+
+
 def _check_clock(now: datetime | None = None) -> Check:
     now = now or datetime.now(UTC)
     if now < BUILD_DATE:
@@ -197,9 +230,12 @@ async def run_doctor(
         checks.append(await _check_broker(settings))
         if settings.cloud.enabled:
             checks += await _check_cloud(settings)
+        checks.append(await _check_lan(settings))
     checks.append(_check_clock())
     for check in checks:
         mark = "[green]✔ OK  [/green]" if check.ok else "[red]✘ FAIL[/red]"
+        if check.ok and check.warn:
+            mark = "[yellow]⚠ WARN[/yellow]"
         console.print(f"{mark} {check.name:<10} {check.detail}")
     failed = [c for c in checks if not c.ok]
     console.print(f"{len(checks) - len(failed)}/{len(checks)} checks passed")

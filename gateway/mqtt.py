@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from gateway.errors import BrokerError
 
-__all__ = ["Message", "MqttClient", "MqttStats", "Will", "topic_matches"]
+__all__ = ["Message", "MqttClient", "MqttStats", "Will", "topic_matches", "valid_filter", "valid_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,25 @@ class MqttStats:
     published: int = 0
     dropped_offline: int = 0
     handler_errors: int = 0
+
+
+def valid_topic(topic: str) -> bool:
+    """A topic one may publish to (MQTT 3.1.1 §4.7.3): not empty, no wildcard, no NUL."""
+    return 0 < len(topic.encode("utf-8", "surrogatepass")) <= 65535 and not any(c in topic for c in "+#\x00")
+
+
+def valid_filter(topic_filter: str) -> bool:
+    """A topic filter one may subscribe to (MQTT 3.1.1 §4.7.1): `+` and `#` only as a whole
+    level, `#` only last, no NUL."""
+    if not 0 < len(topic_filter.encode("utf-8", "surrogatepass")) <= 65535 or "\x00" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return False
+        if "+" in level and level != "+":
+            return False
+    return True
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -251,6 +270,10 @@ class MqttClient:
         """
         if self._closed:
             raise BrokerError(f"{self._name}: client is closed")
+        if not valid_filter(topic_filter):
+            # Checked before anything is recorded: a filter paho refuses later would break
+            # every reconnect.
+            raise BrokerError(f"{self._name}: {topic_filter[:200]!r} is not a valid topic filter")
         entry = self._subs.get(topic_filter)
         if entry is None:
             self._subs[topic_filter] = (qos, [handler])
@@ -279,7 +302,10 @@ class MqttClient:
         return lambda: self._connect_hooks.remove(hook) if hook in self._connect_hooks else None
 
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False) -> bool:
-        """Queue a publish without waiting. Returns False if it was dropped (QoS 0, offline)."""
+        """Queue a publish without waiting. Returns False if it was dropped (QoS 0, offline).
+        BrokerError for a topic that cannot be published to."""
+        if not valid_topic(topic):
+            raise BrokerError(f"{self._name}: {topic[:200]!r} is not a valid topic to publish to")
         if not self.connected and qos == 0:
             self.stats.dropped_offline += 1
             return False
@@ -530,6 +556,11 @@ class MqttClient:
     def _publish_future(self, topic: str, payload: bytes | str, *, retain: bool) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
+        if not valid_topic(topic):
+            fut.set_exception(
+                BrokerError(f"{self._name}: {topic[:200]!r} is not a valid topic to publish to")
+            )
+            return fut
         if self._paho.on_publish is None:
             self._paho.on_publish = self._on_publish
         info = self._paho.publish(topic, payload, qos=1, retain=retain)

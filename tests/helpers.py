@@ -25,6 +25,11 @@ SCREENSHOTS = (
 )
 
 
+#: Every protocol approved on arrival: fixtures that are not about approval stand for a home
+#: where the installer has already approved the terminals and CoAP devices it finds.
+INSTALLER_APPROVED = ["tasmota", "zigbee2mqtt", "terminal", "coap"]
+
+
 class Topics:
     """Everything seen on a set of topic filters, with waiting helpers (no sleeps)."""
 
@@ -69,12 +74,35 @@ class Topics:
         return found[0]
 
 
+async def wait_hub(hub: Any, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Wait until `predicate()` holds, re-checking at every event on the hub's bus."""
+    try:
+        async with hub.bus.subscribe() as events, asyncio.timeout(timeout):
+            while not predicate():
+                await events.get()
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}") from None
+
+
 class Watcher:
     """`async with Watcher(broker, "home/#") as topics:` — a real MQTT client on the side."""
 
-    def __init__(self, broker: PrivateBroker, *filters: str, name: str = "test-watcher") -> None:
+    def __init__(
+        self,
+        broker: PrivateBroker,
+        *filters: str,
+        name: str = "test-watcher",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.client = MqttClient(
-            host=broker.host, port=broker.port, client_id=name, name=name, reconnect_max_s=0.3
+            host=broker.host,
+            port=broker.port,
+            client_id=name,
+            name=name,
+            reconnect_max_s=0.3,
+            username=username,
+            password=password,
         )
         self.topics = Topics()
         for f in filters:
@@ -117,7 +145,12 @@ def gateway_child(
         ],
         log_path=state_dir.parent / f"gateway-{gateway_id}.log",
         ready=r" ready: ",
-        env={"GATEWAY_DISCOVERY__MDNS": "false", "GATEWAY_DISCOVERY__COAP": "false", **(env or os.environ)},
+        env={
+            "GATEWAY_DISCOVERY__MDNS": "false",
+            "GATEWAY_DISCOVERY__COAP": "false",
+            "GATEWAY_DISCOVERY__AUTO_APPROVE": ",".join(INSTALLER_APPROVED),
+            **(env or os.environ),
+        },
     )  # fmt: skip
 
 

@@ -29,7 +29,9 @@ from aiocoap import error as coap_error
 from aiocoap.numbers import codes
 from aiocoap.util import linkformat
 
+from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
+from gateway.devices.guard import Drops, isolated
 from gateway.devices.senml import CT_SENML_CBOR, CT_SENML_JSON, Record, SenMLError, parse_senml
 from gateway.errors import DeviceError
 from gateway.ids import device_id
@@ -45,7 +47,8 @@ COAP_PORT = 5683
 CT_LINK_FORMAT = 40  # RFC 6690 §7.3
 _MAX_LINK_FORMAT = 64 * 1024
 _MAX_LINKS = 256
-_WARN_INTERVAL_S = 60.0
+#: Addresses identified at once; a burst of answers from many addresses waits its turn.
+_MAX_PROBES = 16
 _PATH = re.compile(r"^/(\d{1,5})/(\d{1,5})$")
 
 
@@ -144,6 +147,7 @@ class _Collector(asyncio.DatagramProtocol):
 
 class CoapAdapter:
     protocol: ClassVar[str] = PROTOCOL
+    address_bound: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -155,6 +159,7 @@ class CoapAdapter:
         observe_timeout_s: float = 60.0,
         request_timeout_s: float = 5.0,
         max_notifications_per_s: float = 20.0,
+        limits: LanSettings | None = None,
     ) -> None:
         self._sink = sink
         self._ifaces = list(interface_addresses)
@@ -163,13 +168,11 @@ class CoapAdapter:
         self._observe_timeout_s = observe_timeout_s
         self._request_timeout_s = request_timeout_s
         self._rate = max_notifications_per_s
+        self._limits = limits or LanSettings()
         self._ctx: aiocoap.Context | None = None
-        self._devices: dict[str, _Device] = {}  # by serial
         self._by_id: dict[str, _Device] = {}
         self._probing: set[str] = set()
-        self._warned: dict[str, float] = {}
-        self.bad_messages = 0
-        self.dropped_notifications = 0
+        self.drops = Drops(PROTOCOL, log)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -181,9 +184,14 @@ class CoapAdapter:
                 self._tg = tg
                 while True:
                     for address in await self.discover():
-                        if address not in self._probing:
-                            self._probing.add(address)
-                            tg.create_task(self._probe(address), name=f"coap-probe-{address}")
+                        if address in self._probing:
+                            continue
+                        if len(self._probing) >= _MAX_PROBES:
+                            self.drops.drop(address, "too_many_probes", "identified later")
+                            continue
+                        self._probing.add(address)
+                        probe = isolated(self.drops, address, self._probe(address))
+                        tg.create_task(probe, name=f"coap-probe-{address}")
                     await asyncio.sleep(self._interval_s)
         finally:
             self._ctx = None
@@ -225,7 +233,7 @@ class CoapAdapter:
                 try:
                     reply = aiocoap.Message.decode(data)
                 except Exception:  # noqa: BLE001 - aiocoap raises assorted errors on junk
-                    self._bad(host, "undecodable CoAP datagram")
+                    self.drops.drop(host, "invalid_coap", "undecodable CoAP datagram")
                     continue
                 if reply.token != token or not reply.code.is_successful():
                     continue
@@ -264,31 +272,57 @@ class CoapAdapter:
             links = parse_links(resp.payload)
             device_info = await self._get_senml(address, "/3/0")
         except (OSError, TimeoutError, ValueError) as exc:
-            self._bad(address, f"probe failed: {exc}")
+            self.drops.drop(address, "probe_failed", str(exc))
             return
         finally:
             self._probing.discard(address)
         fields = {r.name.removeprefix("/3/0/"): r.value for r in device_info}
         serial = fields.get("2")
         if not isinstance(serial, str) or not serial.strip():
-            self._bad(address, "device object /3/0 has no serial number (resource 2)")
+            self.drops.drop(address, "no_serial", "device object /3/0 has no serial number (resource 2)")
             return
-        dev = self._devices.get(serial)
+        dev_id = self._sink.admit(device_id("coap", serial), PROTOCOL, address)
+        if dev_id is None:
+            return
+        dev = self._by_id.get(dev_id)
         if dev is not None and dev.address == address and dev.task is not None and not dev.task.done():
             return
         if dev is not None and dev.task is not None:
             dev.task.cancel()
-        dev = _Device(serial=serial, device_id=device_id("coap", serial), address=address, links=links)
-        self._devices[serial] = dev
+        dev = _Device(serial=serial, device_id=dev_id, address=address, links=links)
+        self._start(dev, fields)
+
+    def _start(self, dev: _Device, fields: Mapping[str, Any]) -> None:
         self._by_id[dev.device_id] = dev
-        dev.task = self._tg.create_task(self._session(dev, fields), name=f"coap-{dev.device_id}")
+        session = isolated(self.drops, dev.device_id, self._session(dev, fields))
+        dev.task = self._tg.create_task(session, name=f"coap-{dev.device_id}")
+
+    def rebind(self, old_id: str, new_id: str) -> None:
+        dev = self._by_id.pop(old_id, None)
+        if dev is None:
+            return
+        if dev.task is not None:
+            dev.task.cancel()
+        old = self._by_id.get(new_id)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        self._probing.add(dev.address)
+        self._tg.create_task(isolated(self.drops, dev.address, self._probe(dev.address)), name="coap-reprobe")
 
     async def _session(self, dev: _Device, device_fields: Mapping[str, Any]) -> None:
         instances: list[tuple[int, int]] = []
         for link in dev.links:
             m = _PATH.match(link.href)
-            if m and (int(m[1]) in IPSO or int(m[1]) == DIGITAL_INPUT):
+            if (
+                m
+                and (int(m[1]) in IPSO or int(m[1]) == DIGITAL_INPUT)
+                and (int(m[1]), int(m[2])) not in instances
+            ):
                 instances.append((int(m[1]), int(m[2])))
+        most = self._limits.max_channels_per_device
+        if len(instances) > most:
+            self.drops.drop(dev.device_id, "too_many_objects", f"{len(instances)} objects, {most} used")
+            del instances[most:]
         caps: dict[str, bool] = {}
         digital: dict[tuple[int, int], str] = {}
         first_values: dict[str, Any] = {}
@@ -296,7 +330,7 @@ class CoapAdapter:
             try:
                 records = await self._get_senml(dev.address, f"/{obj}/{inst}")
             except (OSError, TimeoutError, SenMLError) as exc:
-                self._bad(dev.device_id, f"/{obj}/{inst}: {exc}")
+                self.drops.drop(dev.device_id, "read_failed", f"/{obj}/{inst}: {exc}")
                 continue
             if obj == DIGITAL_INPUT:
                 app = next((str(r.value).lower() for r in records if r.name.endswith("/5750")), "")
@@ -307,7 +341,7 @@ class CoapAdapter:
                     dev.writable[cap] = (obj, inst, res)
             first_values.update(self._values(obj, inst, records, digital))
         if not caps:
-            self._bad(dev.device_id, "no IPSO objects we understand")
+            self.drops.drop(dev.device_id, "no_objects", "no IPSO objects we understand")
             return
         kind = (
             Kind.LIGHT
@@ -342,7 +376,7 @@ class CoapAdapter:
         async with asyncio.TaskGroup() as tg:
             for obj, inst in instances:
                 tg.create_task(
-                    self._observe(dev, obj, inst, digital),
+                    isolated(self.drops, dev.device_id, self._observe(dev, obj, inst, digital)),
                     name=f"coap-observe-{dev.device_id}-{obj}-{inst}",
                 )
 
@@ -369,7 +403,8 @@ class CoapAdapter:
                     v = v / 1000  # IPSO 5805 Cumulative active power is in Wh; ours is kWh
                 values[cap] = v
         clean, dropped = clean_state(values, values.keys())
-        self.bad_messages += dropped
+        if dropped:
+            self.drops.drop(f"/{obj}/{inst}", "invalid_value", f"{dropped} values", count=dropped)
         return clean
 
     async def _observe(
@@ -434,16 +469,15 @@ class CoapAdapter:
         bucket: _TokenBucket,
     ) -> None:
         if not bucket.take():
-            self.dropped_notifications += 1
-            self._bad(dev.device_id, "notification flood; dropping the excess")
+            self.drops.drop(dev.device_id, "flood", "notifications faster than allowed; dropping the excess")
             return
         if not msg.code.is_successful():
-            self._bad(dev.device_id, f"/{obj}/{inst}: {msg.code}")
+            self.drops.drop(dev.device_id, "error_notification", f"/{obj}/{inst}: {msg.code}")
             return
         try:
             records = parse_senml(msg.payload, msg.opt.content_format or CT_SENML_JSON)
         except SenMLError as exc:
-            self._bad(dev.device_id, f"/{obj}/{inst}: {exc}")
+            self.drops.drop(dev.device_id, "invalid_senml", f"/{obj}/{inst}: {exc}")
             return
         values = self._values(obj, inst, records, digital)
         if values:
@@ -473,12 +507,3 @@ class CoapAdapter:
                 raise DeviceError(device_id, "device_unreachable", str(exc)[:200]) from exc
             if resp.code not in (codes.CHANGED, codes.CONTENT, codes.CREATED):
                 raise DeviceError(device_id, "device_refused", f"{resp.code}: {resp.payload[:100]!r}")
-
-    def _bad(self, source: str, reason: str) -> None:
-        self.bad_messages += 1
-        now = time.monotonic()
-        if now - self._warned.get(source, -1e9) > _WARN_INTERVAL_S:
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            self._warned[source] = now
-            log.warning("coap %s: %s", source, reason)

@@ -24,7 +24,6 @@ import logging
 import math
 import re
 import socket
-import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_SRV
 
 from gateway.devices.base import DeviceSink, Found
+from gateway.devices.guard import Drops
 from gateway.errors import DeviceError, GatewayError
 from gateway.ids import device_id, normalize_mac
 from gateway.model import DeviceInfo, Kind
@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 GATEWAY_SERVICE = "_bfy-gateway._tcp.local."
 _RESOLVE_TIMEOUT_MS = 3000
 _REQUERY_AT = 0.8  # of the record's TTL
-_WARN_INTERVAL_S = 60.0
+#: RFC 6763 §6.2: a TXT record should stay small; 1300 bytes still fits one packet.
+DEFAULT_MAX_TXT_BYTES = 1300
+#: Service instances followed at once (resolving and tracking); beyond, new ones are dropped.
+DEFAULT_MAX_INSTANCES = 512
 _TXT_KEY = re.compile(r"^[\x20-\x3c\x3e-\x7e]{1,64}$")  # printable ASCII except "=" (RFC 6763 §6.4)
 
 
@@ -180,18 +183,22 @@ class MdnsDiscovery:
         announce: Mapping[str, str] | None = None,
         announce_port: int = 0,
         announce_name: str = "",
+        max_txt_bytes: int = DEFAULT_MAX_TXT_BYTES,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
     ) -> None:
         self._interfaces = list(interfaces)
+        self._max_txt_bytes = max_txt_bytes
+        self._max_instances = max_instances
         self._consumers: dict[str, ServiceConsumer] = {}
         self._announce = dict(announce or {})
         self._announce_port = announce_port
         self._announce_name = announce_name
         self._zc: AsyncZeroconf | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._warned: dict[str, float] = {}
         self._tracked: dict[str, _Tracked] = {}  # by full service name
         self._tracking_changed = asyncio.Event()
         self.stats = MdnsStats()
+        self.drops = Drops("mdns", log)
 
     def add_consumer(self, service_type: str, consumer: ServiceConsumer) -> None:
         self._consumers[_full_type(service_type)] = consumer
@@ -244,7 +251,10 @@ class MdnsDiscovery:
         if state_change is ServiceStateChange.Removed:
             self._remove(name)
             return
-        self._spawn(self._resolve(consumer, service_type, name), f"mdns-resolve-{name}")
+        if name not in self._tracked and len(self._tracked) + len(self._pending) >= self._max_instances:
+            self.drops.drop(name, "too_many_instances", f"{len(self._tracked)} followed")
+            return
+        self._spawn(self._resolve(consumer, service_type, name), f"mdns-resolve-{name[:80]}")
 
     async def _resolve(self, consumer: ServiceConsumer, service_type: str, name: str) -> None:
         if self._zc is None:
@@ -254,10 +264,14 @@ class MdnsDiscovery:
             self.stats.unresolved += 1
             log.debug("mDNS: could not resolve %s", name)
             return
+        if len(info.text or b"") > self._max_txt_bytes:
+            self.stats.bad_txt += 1
+            self.drops.drop(name, "txt_too_large", f"{len(info.text or b'')} bytes")
+            return
         txt, bad = parse_txt(info.properties)
         if bad:
             self.stats.bad_txt += bad
-            self._warn(name, f"{bad} invalid TXT entries dropped")
+            self.drops.drop(name, "invalid_txt", f"{bad} invalid TXT entries dropped", count=bad)
         instance = name[: -len(service_type) - 1] if name.endswith("." + service_type) else name
         seen = ServiceSeen(
             type=_short_type(service_type),
@@ -273,8 +287,8 @@ class MdnsDiscovery:
         self._track(service_type, name, consumer)
         try:
             consumer.service_seen(seen)
-        except Exception:  # a consumer's bug must not stop discovery
-            log.exception("mDNS consumer failed on %s", name)
+        except Exception as exc:  # noqa: BLE001 - a consumer's bug must not stop discovery
+            self.drops.drop(name, "internal_error", repr(exc), level=logging.ERROR, exc_info=True)
 
     def _srv(self, name: str) -> DNSRecord | None:
         assert self._zc is not None
@@ -329,14 +343,6 @@ class MdnsDiscovery:
         task = asyncio.create_task(coro, name=name)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-
-    def _warn(self, source: str, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(source, -1e9) > _WARN_INTERVAL_S:
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            self._warned[source] = now
-            log.warning("mDNS: %s: %s", source, reason)
 
 
 # -- third-party devices ------------------------------------------------------------------
@@ -407,6 +413,7 @@ class MdnsDeviceAdapter:
     """Third-party mDNS devices (recognized by the rules table); read-only."""
 
     protocol: ClassVar[str] = "mdns"
+    address_bound: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -420,6 +427,7 @@ class MdnsDeviceAdapter:
         self._by_name: dict[str, str] = {}  # service full name → device id
         self._is_claimed = is_claimed
         self.unmatched = 0
+        self.drops = Drops(self.protocol, log)
 
     @property
     def service_types(self) -> list[str]:
@@ -444,7 +452,13 @@ class MdnsDeviceAdapter:
             return
         with contextlib.suppress(ValueError):
             identity = normalize_mac(identity)  # HomeKit ids and AirPlay device ids are MACs
-        dev_id = device_id(rule.type.strip("_").split(".")[0], identity)
+        address = f"{service.address}:{service.port}" if service.address else ""
+        admitted = self._sink.admit(
+            device_id(rule.type.strip("_").split(".")[0], identity), self.protocol, address
+        )
+        if admitted is None:
+            return
+        dev_id = admitted
         name = _fill(rule.name, service) or service.instance
         info = DeviceInfo(
             id=dev_id,
@@ -453,7 +467,7 @@ class MdnsDeviceAdapter:
             protocol=self.protocol,
             model=_fill(rule.model, service)[:128],
             manufacturer=_fill(rule.manufacturer, service)[:128],
-            address=f"{service.address}:{service.port}" if service.address else "",
+            address=address,
             controllable=False,
         )
         self._by_name[service.name] = dev_id
@@ -464,3 +478,8 @@ class MdnsDeviceAdapter:
         dev_id = self._by_name.get(name)
         if dev_id is not None:
             self._sink.device_availability(dev_id, False)
+
+    def rebind(self, old_id: str, new_id: str) -> None:
+        for name, dev_id in self._by_name.items():
+            if dev_id == old_id:
+                self._by_name[name] = new_id

@@ -74,9 +74,13 @@ def _decode(payload: bytes, content_format: int) -> Any:
 def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SenMLError(f"{field} must be a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # a CBOR bignum or a long JSON integer may not fit a double
+    except OverflowError as exc:
+        raise SenMLError(f"{field} is too large") from exc
+    if not math.isfinite(number):
         raise SenMLError(f"{field} must be finite")
-    return float(value)
+    return number
 
 
 def parse_senml(payload: bytes, content_format: int = CT_SENML_JSON) -> list[Record]:

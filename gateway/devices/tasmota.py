@@ -8,6 +8,13 @@ Commands go to `cmnd/<topic>/POWER<n>`, `Dimmer`, `CT`.
 
 Each relay or light channel is one device: the first is `tasmota-<mac>`, the others
 `tasmota-<mac>-<n>`. A device with an ENERGY sensor is a plug.
+
+A plug's identity is its broker login. With per-device logins (`gateway logins add tasmota`)
+the broker lets each plug write only its own discovery, `stat` and `tele` topics, and the
+adapter accepts a config only for a MAC that has a login and only with that login's topic; in
+any case a config may not take a topic another plug already has (that would steer commands to
+the other plug), and every topic built from what a plug says is checked first. An empty
+retained config marks the plug offline; only the installer forgets a device.
 """
 
 from __future__ import annotations
@@ -15,16 +22,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
-from gateway.errors import DeviceError
+from gateway.devices.guard import Drops, PeerDataError, loads_json, topic_level_ok
+from gateway.errors import BrokerError, DeviceError
 from gateway.ids import device_id, normalize_mac
 from gateway.model import DeviceInfo, Kind
 from gateway.mqtt import Message, MqttClient
@@ -38,7 +45,11 @@ RL_RELAY = 1
 RL_LIGHT = 2
 _MAX_PAYLOAD = 64 * 1024
 _MIRED_MIN, _MIRED_MAX = 153, 500  # Tasmota's CT range (SetOption82 narrows it)
-_WARN_INTERVAL_S = 60.0
+#: Tasmota's own limit (MAX_RELAYS on ESP32); a config with more is not real firmware.
+MAX_RELAYS = 32
+#: Answers who may speak for a MAC: the topic of its broker login, "" for any topic (no
+#: per-device logins on this broker), None for no login at all.
+TopicOfLogin = Callable[[str], str | None]
 
 
 class TasmotaConfig(BaseModel):
@@ -69,6 +80,19 @@ class TasmotaConfig(BaseModel):
     @classmethod
     def _mac(cls, value: str) -> str:
         return normalize_mac(value)
+
+    @model_validator(mode="after")
+    def _topics_are_safe(self) -> TasmotaConfig:
+        # Every topic and filter we build comes from these: no wildcards, no `$`, bounded.
+        if not topic_level_ok(self.t) or not all(topic_level_ok(p) for p in self.tp):
+            raise ValueError("topic or prefix is not a plain MQTT topic level")
+        if self.hn and not topic_level_ok(self.hn):
+            raise ValueError("host name is not a plain MQTT topic level")
+        if not topic_level_ok(self.topic(0).rstrip("/"), allow_slash=True, max_len=256):
+            raise ValueError("full topic is not a plain MQTT topic")
+        if len(self.rl) > MAX_RELAYS or len(self.fn) > MAX_RELAYS or len(self.state) > 8:
+            raise ValueError(f"more than {MAX_RELAYS} relays")
+        return self
 
     def topic(self, prefix_index: int, command: str = "") -> str:
         """Full topic per `ft` (Tasmota's FullTopic), with a trailing command."""
@@ -159,18 +183,26 @@ class _Node:
 
 class TasmotaAdapter:
     protocol: ClassVar[str] = PROTOCOL
+    address_bound: ClassVar[bool] = False
 
     def __init__(
-        self, mqtt: MqttClient, sink: DeviceSink, *, discovery_prefix: str = "tasmota/discovery"
+        self,
+        mqtt: MqttClient,
+        sink: DeviceSink,
+        *,
+        discovery_prefix: str = "tasmota/discovery",
+        limits: LanSettings | None = None,
+        topic_of_login: TopicOfLogin = lambda mac: "",
     ) -> None:
         self._mqtt = mqtt
         self._sink = sink
         self._prefix = discovery_prefix.rstrip("/")
+        self._limits = limits or LanSettings()
+        self._topic_of_login = topic_of_login
         self._nodes: dict[str, _Node] = {}  # by MAC
         self._by_device: dict[str, tuple[_Node, _Channel]] = {}
         self._early_sensors: dict[str, dict[str, Any]] = {}
-        self._warned: dict[str, float] = {}
-        self.bad_messages = 0
+        self.drops = Drops(PROTOCOL, log)
 
     async def run(self) -> None:
         undo = [
@@ -188,75 +220,115 @@ class TasmotaAdapter:
 
     # -- discovery ----------------------------------------------------------------------
 
-    def _bad(self, source: str, reason: str) -> None:
-        self.bad_messages += 1
-        now = time.monotonic()
-        if now - self._warned.get(source, -1e9) > _WARN_INTERVAL_S:
-            self._warned[source] = now
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            log.warning("tasmota: dropped message from %s: %s", source, reason)
-
     def _on_config(self, msg: Message) -> None:
         topic_mac = msg.topic.split("/")[-2]
+        try:
+            mac = normalize_mac(topic_mac)
+        except ValueError:
+            self.drops.drop(msg.topic, "no_mac", "topic does not carry a MAC")
+            return
         if not msg.payload:
-            self._remove(topic_mac)
+            # A plug that turned discovery off, or someone clearing it: offline, not forgotten.
+            self._offline(mac)
             return
         if len(msg.payload) > _MAX_PAYLOAD:
-            self._bad(msg.topic, "payload too large")
+            self.drops.drop(msg.topic, "too_large", f"{len(msg.payload)} bytes")
             return
         try:
             config = TasmotaConfig.model_validate_json(msg.payload)
         except ValidationError as exc:
-            self._bad(msg.topic, f"invalid discovery config ({exc.error_count()} errors)")
+            self.drops.drop(
+                msg.topic, "invalid_config", f"{exc.error_count()} errors: {exc.errors()[0]['msg']}"
+            )
             return
-        try:
-            if normalize_mac(topic_mac) != config.mac:
-                self._bad(msg.topic, "MAC in topic and payload differ")
-                return
-        except ValueError:
-            self._bad(msg.topic, "topic does not carry a MAC")
+        if mac != config.mac:
+            self.drops.drop(msg.topic, "mac_mismatch", "MAC in topic and payload differ")
+            return
+        if not self._may_use(config, msg.topic):
             return
         old = self._nodes.get(config.mac)
         if old is not None and old.config == config:
             self._announce(old)
             return
+        channels = self._channels(config)
+        if len(channels) > self._limits.max_channels_per_device:
+            self.drops.drop(msg.topic, "too_many_channels", f"{len(channels)} relays")
+            return
         if old is not None:
             for u in old.unsubscribe:
                 u()
-        node = _Node(config=config, channels=self._channels(config))
+        node = _Node(config=config, channels=channels)
         node.sensors = self._early_sensors.pop(config.mac, old.sensors if old else {})
         self._nodes[config.mac] = node
         for ch in node.channels:
             self._by_device[ch.device_id] = (node, ch)
         stat, tele = config.topic(1), config.topic(2)
-        node.unsubscribe = [
-            self._mqtt.subscribe(f"{stat}+", functools.partial(self._on_stat, node)),
-            self._mqtt.subscribe(f"{tele}+", functools.partial(self._on_tele, node)),
-        ]
-        self._announce(node)
-        # Ask for the current power state and sensors instead of waiting a TelePeriod.
-        self._mqtt.publish(config.topic(0, "STATE"), b"")
-        self._mqtt.publish(config.topic(0, "STATUS"), b"10")
+        try:
+            node.unsubscribe = [
+                self._mqtt.subscribe(f"{stat}+", functools.partial(self._on_stat, node)),
+                self._mqtt.subscribe(f"{tele}+", functools.partial(self._on_tele, node)),
+            ]
+            self._announce(node)
+            # Ask for the current power state and sensors instead of waiting a TelePeriod.
+            self._mqtt.publish(config.topic(0, "STATE"), b"")
+            self._mqtt.publish(config.topic(0, "STATUS"), b"10")
+        except BrokerError as exc:  # the validators should make this impossible
+            self.drops.drop(msg.topic, "bad_topic", str(exc))
+
+    def _may_use(self, config: TasmotaConfig, source: str) -> bool:
+        """A config may only use its own login's topic, and never another plug's."""
+        allowed = self._topic_of_login(config.mac)
+        if allowed is None:
+            self.drops.drop(source, "no_login", f"{config.mac} has no broker login")
+            return False
+        mine = config.topic(0)
+        if allowed and mine != f"cmnd/{allowed}/":
+            self._sink.security_event(
+                "topic_mismatch",
+                device_id(PROTOCOL, config.mac),
+                source,
+                f"config names topic {config.t!r}; its login is for {allowed!r}",
+            )
+            self.drops.drop(source, "topic_mismatch", config.t)
+            return False
+        for mac, node in self._nodes.items():
+            if mac != config.mac and node.config.topic(0) == mine:
+                self._sink.security_event(
+                    "topic_taken",
+                    device_id(PROTOCOL, config.mac),
+                    source,
+                    f"config names topic {config.t!r}, which is {mac}'s",
+                )
+                self.drops.drop(source, "topic_taken", config.t)
+                return False
+        return True
 
     def _on_sensors(self, msg: Message) -> None:
         mac_text = msg.topic.split("/")[-2]
         try:
             mac = normalize_mac(mac_text)
         except ValueError:
-            self._bad(msg.topic, "topic does not carry a MAC")
+            self.drops.drop(msg.topic, "no_mac", "topic does not carry a MAC")
             return
-        if not msg.payload:
-            sensors: dict[str, Any] = {}
-        else:
+        sensors: dict[str, Any] = {}
+        if msg.payload:
+            data = self._json(msg)
+            if data is None:
+                return
             try:
-                sensors = TasmotaSensors.model_validate_json(msg.payload[:_MAX_PAYLOAD]).sn
+                sensors = TasmotaSensors.model_validate(data).sn
             except ValidationError:
-                self._bad(msg.topic, "invalid sensors discovery")
+                self.drops.drop(msg.topic, "invalid_sensors")
                 return
         node = self._nodes.get(mac)
         if node is None:
-            # Retained sensors may arrive before the config; keep them until it comes.
+            # Retained sensors may arrive before the config; keep a few until it comes.
+            if mac not in self._early_sensors and len(self._early_sensors) >= self._limits.max_early_sensors:
+                self.drops.drop(msg.topic, "too_many_unknown", "sensors of a plug we do not know")
+                return
+            if self._topic_of_login(mac) is None:
+                self.drops.drop(msg.topic, "no_login", f"{mac} has no broker login")
+                return
             self._early_sensors[mac] = sensors
             return
         node.sensors = sensors
@@ -335,19 +407,21 @@ class TasmotaAdapter:
             if node.online:
                 self._sink.device_availability(ch.device_id, True)
 
-    def _remove(self, mac_text: str) -> None:
-        try:
-            mac = normalize_mac(mac_text)
-        except ValueError:
-            return
-        node = self._nodes.pop(mac, None)
+    def offline(self, mac: str) -> None:
+        """The plug is gone from the broker (its login was removed): offline, not forgotten."""
+        self._offline(mac)
+
+    def _offline(self, mac: str) -> None:
+        node = self._nodes.get(mac)
         if node is None:
+            self._early_sensors.pop(mac, None)
             return
-        for u in node.unsubscribe:
-            u()
+        node.online = False
         for ch in node.channels:
-            self._by_device.pop(ch.device_id, None)
-            self._sink.device_gone(ch.device_id)
+            self._sink.device_availability(ch.device_id, False)
+
+    def rebind(self, old_id: str, new_id: str) -> None:
+        raise DeviceError(new_id, "not_movable", "a Tasmota device is its broker login, not an address")
 
     # -- state --------------------------------------------------------------------------
 
@@ -361,7 +435,7 @@ class TasmotaAdapter:
                 if data is not None:
                     self._apply_result(node, data)
                 return
-            self._apply_power(node, int(index) if index.isdigit() else 1, value)
+            self._apply_power(node, int(index) if index.isdigit() and len(index) <= 2 else 1, value)
             return
         if leaf == "RESULT" or leaf.startswith("STATUS"):
             data = self._json(msg)
@@ -376,7 +450,7 @@ class TasmotaAdapter:
         if leaf == "LWT":
             text = msg.payload.decode("utf-8", "replace").strip()
             if text not in (node.config.onln, node.config.ofln):
-                self._bad(msg.topic, "unknown LWT payload")
+                self.drops.drop(msg.topic, "invalid_lwt", "unknown LWT payload")
                 return
             node.online = text == node.config.onln
             for ch in node.channels:
@@ -400,16 +474,18 @@ class TasmotaAdapter:
                 self._sink.device_availability(ch.device_id, True)
 
     def _json(self, msg: Message) -> dict[str, Any] | None:
-        if len(msg.payload) > _MAX_PAYLOAD:
-            self._bad(msg.topic, "payload too large")
-            return None
+        limits = self._limits
         try:
-            data = orjson.loads(msg.payload)
-        except orjson.JSONDecodeError:
-            self._bad(msg.topic, "not JSON")
+            data = loads_json(
+                msg.payload,
+                max_bytes=min(_MAX_PAYLOAD, limits.max_json_bytes),
+                max_depth=limits.max_json_depth,
+            )
+        except PeerDataError as exc:
+            self.drops.drop(msg.topic, exc.reason, exc.detail)
             return None
         if not isinstance(data, dict):
-            self._bad(msg.topic, "not a JSON object")
+            self.drops.drop(msg.topic, "not_an_object")
             return None
         return data
 

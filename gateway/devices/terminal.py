@@ -6,16 +6,22 @@ streams `state` and `heard` events; commands go to `POST <api>/command`. The dev
 while its event stream is open and talking (a keep-alive at least every `event_timeout_s`);
 when the stream breaks the session reconnects with capped, jittered backoff and the device is
 offline until `/info` answers again, at the address mDNS last gave.
+
+Terminals have no credentials, so a terminal is whoever answers at its address: every
+announcement is `admit`ted by the hub, and a second announcer of an approved terminal's id gets
+a session (and an id) of its own, as a device waiting for the installer. Everything a terminal
+sends is bounded (`lan.*` settings): its `/info`, each event line, JSON size and nesting. A
+terminal costs at most two connections (its event stream, and one command at a time); sessions
+are capped at `lan.max_devices_per_protocol`, and when they are all taken an approved terminal
+displaces one that waits for approval. A session's failure, whatever it is, stays with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -23,7 +29,9 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
+from gateway.devices.guard import Drops, PeerDataError, bounded_lines, loads_json, read_bounded
 from gateway.devices.mdns import ServiceSeen
 from gateway.errors import DeviceError
 from gateway.ids import device_id
@@ -37,7 +45,10 @@ SERVICE_TYPE = "_bfy-terminal._tcp"
 PROTOCOL = "terminal"
 _MAX_EVENT_BYTES = 256 * 1024
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.2, 10.0
-_WARN_INTERVAL_S = 60.0
+#: Terminals described at once: a burst of announcements cannot take every connection.
+_DESCRIBE_AT_ONCE = 8
+#: Of a refused command's answer, only this much is read (for the error message).
+_MAX_ERROR_BYTES = 4096
 
 
 class TerminalTxt(BaseModel):
@@ -115,12 +126,17 @@ class _Session:
     base_url: str
     txt: TerminalTxt
     service_name: str
-    task: asyncio.Task[None] | None = None
     settable: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        """`host:port`, what the hub binds an approved terminal to."""
+        return self.base_url.removeprefix("http://").split("/", 1)[0]
 
 
 class TerminalAdapter:
     protocol: ClassVar[str] = PROTOCOL
+    address_bound: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -128,17 +144,19 @@ class TerminalAdapter:
         *,
         event_timeout_s: float = 45.0,
         http_timeout_s: float = 5.0,
+        limits: LanSettings | None = None,
     ) -> None:
         self._sink = sink
         self._event_timeout_s = event_timeout_s
         self._http_timeout_s = http_timeout_s
+        self._limits = limits or LanSettings()
         self._sessions: dict[str, _Session] = {}
-        self._by_service: dict[str, str] = {}
+        self._by_service: dict[str, set[str]] = {}
         self._changes: asyncio.Queue[tuple[str, _Session | None]] = asyncio.Queue(1000)
         self._client: httpx.AsyncClient | None = None  # /info and the event streams
         self._commands: httpx.AsyncClient | None = None
-        self._warned: dict[str, float] = {}
-        self.bad_messages = 0
+        self._describing = asyncio.Semaphore(_DESCRIBE_AT_ONCE)
+        self.drops = Drops(PROTOCOL, log)
 
     # -- discovery (ServiceConsumer) ------------------------------------------------------
 
@@ -150,48 +168,83 @@ class TerminalAdapter:
         try:
             txt = TerminalTxt.model_validate(service.txt)
         except ValidationError as exc:
-            self._bad(service.name, f"invalid TXT record ({exc.error_count()} errors)")
+            self.drops.drop(service.name, "invalid_txt", f"{exc.error_count()} errors")
             return
         if not service.address or not service.port:
-            self._bad(service.name, "no address")
+            self.drops.drop(service.name, "no_address")
             return
-        dev_id = device_id("bfy", txt.id)
         base_url = f"http://{service.address}:{service.port}{txt.api.rstrip('/')}"
+        session = _Session("", base_url, txt, service.name)
+        dev_id = self._sink.admit(device_id("bfy", txt.id), PROTOCOL, session.address)
+        if dev_id is None:
+            return  # the registry has no room; the hub counted it
+        session.device_id = dev_id
         current = self._sessions.get(dev_id)
         if current is not None and current.base_url == base_url and current.txt == txt:
             return
-        session = _Session(dev_id, base_url, txt, service.name)
+        if current is None and not self._make_room(dev_id):
+            self.drops.drop(service.name, "too_many_sessions", f"{len(self._sessions)} terminals")
+            return
         self._sessions[dev_id] = session
-        self._by_service[service.name] = dev_id
+        self._by_service.setdefault(service.name, set()).add(dev_id)
         self._put((dev_id, session))
 
+    def _make_room(self, dev_id: str) -> bool:
+        if len(self._sessions) < self._limits.max_devices_per_protocol:
+            return True
+        if not self._sink.approved(dev_id):
+            return False
+        waiting = next((i for i in self._sessions if not self._sink.approved(i)), None)
+        if waiting is None:
+            return False
+        self._end_session(waiting)
+        return True
+
     def service_removed(self, service_type: str, name: str) -> None:
-        dev_id = self._by_service.pop(name, None)
-        if dev_id is None:
+        for dev_id in self._by_service.pop(name, set()):
+            self._end_session(dev_id)
+
+    def _end_session(self, dev_id: str) -> None:
+        if self._sessions.pop(dev_id, None) is not None:
+            self._put((dev_id, None))
+            self._sink.device_availability(dev_id, False)
+
+    def rebind(self, old_id: str, new_id: str) -> None:
+        session = self._sessions.get(old_id)
+        if session is None:
             return
-        self._sessions.pop(dev_id, None)
-        self._put((dev_id, None))
-        self._sink.device_availability(dev_id, False)
+        self._end_session(old_id)
+        for ids in self._by_service.values():
+            if old_id in ids:
+                ids.discard(old_id)
+                ids.add(new_id)
+        moved = _Session(new_id, session.base_url, session.txt, session.service_name)
+        self._end_session(new_id)
+        self._sessions[new_id] = moved
+        self._put((new_id, moved))
 
     def _put(self, change: tuple[str, _Session | None]) -> None:
         try:
             self._changes.put_nowait(change)
         except asyncio.QueueFull:
-            self._bad("discovery", "too many service changes queued")
+            self.drops.drop("discovery", "queue_full", "too many service changes queued")
 
     # -- sessions -------------------------------------------------------------------------
 
     async def run(self) -> None:
         timeout = httpx.Timeout(self._http_timeout_s, read=self._event_timeout_s)
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        # Every session holds one event stream: the pool has room for all of them and for the
+        # describes in flight; commands get a pool of their own (httpcore rescans every pooled
+        # connection at each request, and the long-lived streams would make every command pay).
+        most = self._limits.max_devices_per_protocol
+        streams = httpx.Limits(max_connections=most + _DESCRIBE_AT_ONCE, max_keepalive_connections=16)
+        commands = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         running: dict[str, asyncio.Task[None]] = {}
-        # Commands get a pool of their own: httpcore rescans every pooled connection at each
-        # request, and the long-lived event streams would make every command pay for them.
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client,
-            httpx.AsyncClient(timeout=self._http_timeout_s, limits=limits, trust_env=False) as commands,
+            httpx.AsyncClient(timeout=timeout, limits=streams, trust_env=False) as client,
+            httpx.AsyncClient(timeout=self._http_timeout_s, limits=commands, trust_env=False) as cmds,
         ):
-            self._client, self._commands = client, commands
+            self._client, self._commands = client, cmds
             try:
                 async with asyncio.TaskGroup() as tg:
                     while True:
@@ -199,7 +252,7 @@ class TerminalAdapter:
                         old = running.pop(dev_id, None)
                         if old is not None:
                             old.cancel()
-                        if session is not None:
+                        if session is not None and self._sessions.get(dev_id) is session:
                             running[dev_id] = tg.create_task(
                                 self._session(session), name=f"terminal-{dev_id}"
                             )
@@ -210,24 +263,47 @@ class TerminalAdapter:
         assert self._client is not None
         attempt = 0
         while True:
+            level = logging.INFO
             try:
-                await self._describe(s)
+                async with self._describing:
+                    known = await self._describe(s)
+                if not known:
+                    # The hub refused it (its inbox is full): no stream, no retries until it
+                    # announces itself again.
+                    self._sessions.pop(s.device_id, None)
+                    return
                 attempt = 0
                 await self._stream(s)
-                reason = "event stream ended"
-            except (httpx.HTTPError, ValueError, ValidationError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+                reason, detail = "stream_ended", "event stream ended"
+            except PeerDataError as exc:
+                reason, detail, level = exc.reason, exc.detail, logging.WARNING
+            except ValidationError as exc:
+                reason, detail, level = "invalid_info", f"{exc.error_count()} errors", logging.WARNING
+            except httpx.HTTPError as exc:
+                reason, detail = "unreachable", f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # our bug or the unexpected: this device's problem only
+                reason, detail, level = "internal_error", f"{type(exc).__name__}: {exc}", logging.ERROR
+                log.exception("terminal %s: session failed", s.device_id)
             self._sink.device_availability(s.device_id, False)
-            self._bad(s.device_id, reason, level=logging.INFO)
+            self.drops.drop(
+                s.device_id, reason, detail[:200], level=level, count=int(level >= logging.WARNING)
+            )
             cap = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2**attempt)
             attempt += 1
             await asyncio.sleep(random.uniform(_BACKOFF_MIN_S, cap))
 
-    async def _describe(self, s: _Session) -> None:
+    async def _describe(self, s: _Session) -> bool:
+        """GET /info within bounds and report the device; False if the hub did not take it."""
         assert self._client is not None
-        r = await self._client.get(f"{s.base_url}/info")
-        r.raise_for_status()
-        info = TerminalInfo.model_validate_json(r.content)
+        limit = self._limits.max_http_body_bytes
+        async with self._client.stream("GET", f"{s.base_url}/info") as r:
+            r.raise_for_status()
+            length = r.headers.get("content-length", "")
+            if length.isdigit() and int(length) > limit:
+                raise PeerDataError("too_large", f"/info of {length} bytes")
+            body = await read_bounded(r.aiter_bytes(), limit)
+        data = loads_json(body, max_bytes=limit, max_depth=self._limits.max_json_depth)
+        info = TerminalInfo.model_validate(data)
         caps = [c for c in info.capabilities if c in CAPABILITIES]
         settable = [c for c in info.settable if c in CAPABILITIES]
         kind = Kind(info.kind) if info.kind in Kind._value2member_map_ else Kind(s.txt.kind)
@@ -241,7 +317,7 @@ class TerminalAdapter:
                     protocol=PROTOCOL,
                     model=info.model or s.txt.model,
                     manufacturer=info.manufacturer or s.txt.manufacturer,
-                    address=s.base_url.removeprefix("http://").split("/", 1)[0],
+                    address=s.address,
                     capabilities=tuple(caps),
                     settable=tuple(settable),
                     controllable=bool(settable),
@@ -250,32 +326,40 @@ class TerminalAdapter:
                 meta={"api": s.base_url, "firmware": info.firmware, "service": s.service_name},
             )
         )
+        return self._sink.device_meta(s.device_id) is not None
 
     async def _stream(self, s: _Session) -> None:
         assert self._client is not None
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        limit = self._limits.max_http_body_bytes
         async with self._client.stream("GET", f"{s.base_url}/events", headers=headers) as r:
             r.raise_for_status()
             self._sink.device_availability(s.device_id, True)
             allowed = set(CAPABILITIES)
-            async for event in parse_sse(r.aiter_lines()):
-                if event is None:
-                    continue
-                self._on_event(s, event, allowed)
+
+            def overlong() -> None:
+                self.drops.drop(s.device_id, "too_large", f"an event line over {limit} bytes")
+
+            lines = bounded_lines(r.aiter_bytes(), max_line_bytes=limit, on_overlong=overlong)
+            async for event in parse_sse(lines, max_bytes=limit):
+                if event is not None:
+                    self._on_event(s, event, allowed)
 
     def _on_event(self, s: _Session, event: SseEvent, allowed: set[str]) -> None:
         try:
-            data = json.loads(event.data)
-        except ValueError:
-            self._bad(s.device_id, f"{event.event} event is not JSON")
+            data = loads_json(
+                event.data, max_bytes=self._limits.max_json_bytes, max_depth=self._limits.max_json_depth
+            )
+        except PeerDataError as exc:
+            self.drops.drop(s.device_id, exc.reason, f"{event.event[:32]} event: {exc.detail}")
             return
         if not isinstance(data, dict):
-            self._bad(s.device_id, f"{event.event} event is not an object")
+            self.drops.drop(s.device_id, "not_an_object", f"{event.event[:32]} event")
             return
         if event.event == "state":
             values, dropped = clean_state(data, allowed)
             if dropped:
-                self.bad_messages += dropped
+                self.drops.drop(s.device_id, "invalid_value", f"{dropped} state values", count=dropped)
             if values:
                 self._sink.device_state(s.device_id, values)
         elif event.event == "heard":
@@ -284,7 +368,7 @@ class TerminalAdapter:
             if isinstance(text, str) and text.strip() and isinstance(lang, str) and len(text) <= 500:
                 self._sink.device_event(s.device_id, "voice", {"text": text.strip(), "lang": lang[:16]})
             else:
-                self._bad(s.device_id, "heard event without text")
+                self.drops.drop(s.device_id, "invalid_event", "heard event without text")
 
     # -- commands -------------------------------------------------------------------------
 
@@ -293,23 +377,18 @@ class TerminalAdapter:
         if s is None or self._commands is None:
             raise DeviceError(device_id, "device_offline", "the terminal is not on the network")
         try:
-            r = await self._commands.post(
-                f"{s.base_url}/command", json=dict(values), timeout=self._http_timeout_s
-            )
+            async with self._commands.stream(
+                "POST", f"{s.base_url}/command", json=dict(values), timeout=self._http_timeout_s
+            ) as r:
+                status = r.status_code
+                body = b""
+                if status >= 400:
+                    with contextlib.suppress(PeerDataError):
+                        body = await read_bounded(r.aiter_bytes(), _MAX_ERROR_BYTES)
         except httpx.HTTPError as exc:
             raise DeviceError(device_id, "device_unreachable", str(exc)[:200]) from exc
-        if r.status_code >= 400:
+        if status >= 400:
             detail = ""
-            with contextlib.suppress(ValueError, AttributeError):
-                detail = str(r.json().get("error", ""))[:200]
-            raise DeviceError(device_id, "device_refused", f"HTTP {r.status_code} {detail}".strip())
-
-    def _bad(self, source: str, reason: str, *, level: int = logging.WARNING) -> None:
-        if level >= logging.WARNING:
-            self.bad_messages += 1
-        now = time.monotonic()
-        if now - self._warned.get(source, -1e9) > _WARN_INTERVAL_S:
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            self._warned[source] = now
-            log.log(level, "terminal %s: %s", source, reason)
+            with contextlib.suppress(PeerDataError, AttributeError):
+                detail = str(loads_json(body, max_bytes=_MAX_ERROR_BYTES, max_depth=4).get("error", ""))[:200]
+            raise DeviceError(device_id, "device_refused", f"HTTP {status} {detail}".strip())

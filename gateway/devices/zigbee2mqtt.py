@@ -5,14 +5,17 @@ expose maps to a capability. Device state arrives on `<base>/<friendly_name>`, a
 `<base>/<friendly_name>/availability`, the bridge's own state on `<base>/bridge/state`.
 Commands go to `<base>/<friendly_name>/set`. Ids come from the IEEE address, so renaming a
 device in Zigbee2MQTT keeps its id. See https://www.zigbee2mqtt.io/guide/usage/mqtt_topics_and_messages.html
+
+The bridge's broker login is its identity. Its device list is bounded (size, nesting, number
+of devices) and each entry is taken or dropped on its own: one malformed device never costs the
+others. A friendly name that cannot be part of a topic is refused. An empty list marks every
+device offline; a device that leaves a non-empty list is forgotten unless the installer named it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -20,8 +23,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
-from gateway.errors import DeviceError
+from gateway.devices.guard import Drops, PeerDataError, loads_json, topic_level_ok
+from gateway.errors import BrokerError, DeviceError
 from gateway.ids import device_id
 from gateway.model import DeviceInfo, Kind
 from gateway.mqtt import Message, MqttClient
@@ -31,10 +36,9 @@ __all__ = ["Expose", "Z2mDevice", "Zigbee2MqttAdapter", "map_exposes"]
 log = logging.getLogger(__name__)
 
 PROTOCOL = "zigbee2mqtt"
-_MAX_DEVICES_PAYLOAD = 4 * 1024 * 1024
 _MAX_STATE_PAYLOAD = 64 * 1024
-_WARN_INTERVAL_S = 60.0
 ACCESS_STATE, ACCESS_SET = 1, 2
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Expose(BaseModel):
@@ -49,10 +53,10 @@ class Expose(BaseModel):
     unit: str | None = None
     value_on: Any = None
     value_off: Any = None
-    value_min: float | None = None
-    value_max: float | None = None
+    value_min: Finite | None = None
+    value_max: Finite | None = None
     endpoint: str | None = None
-    features: tuple[Expose, ...] = ()
+    features: tuple[Expose, ...] = Field(default=(), max_length=64)
 
 
 class Definition(BaseModel):
@@ -61,7 +65,7 @@ class Definition(BaseModel):
     model: str = ""
     vendor: str = ""
     description: str = ""
-    exposes: tuple[Expose, ...] = ()
+    exposes: tuple[Expose, ...] = Field(default=(), max_length=256)
 
 
 class Z2mDevice(BaseModel):
@@ -196,15 +200,23 @@ class _Bridge:
 
 class Zigbee2MqttAdapter:
     protocol: ClassVar[str] = PROTOCOL
+    address_bound: ClassVar[bool] = False
 
-    def __init__(self, mqtt: MqttClient, sink: DeviceSink, *, base_topic: str = "zigbee2mqtt") -> None:
+    def __init__(
+        self,
+        mqtt: MqttClient,
+        sink: DeviceSink,
+        *,
+        base_topic: str = "zigbee2mqtt",
+        limits: LanSettings | None = None,
+    ) -> None:
         self._mqtt = mqtt
         self._sink = sink
         self._base = base_topic.rstrip("/")
+        self._limits = limits or LanSettings()
         self._bridge = _Bridge()
         self._by_id: dict[str, _Tracked] = {}
-        self._warned: dict[str, float] = {}
-        self.bad_messages = 0
+        self.drops = Drops(PROTOCOL, log)
 
     async def run(self) -> None:
         undo: list[Callable[[], None]] = [self._mqtt.subscribe(f"{self._base}/#", self._on_message)]
@@ -214,14 +226,15 @@ class Zigbee2MqttAdapter:
             for u in undo:
                 u()
 
-    def _bad(self, source: str, reason: str) -> None:
-        self.bad_messages += 1
-        now = time.monotonic()
-        if now - self._warned.get(source, -1e9) > _WARN_INTERVAL_S:
-            if len(self._warned) > 1000:
-                self._warned.clear()
-            self._warned[source] = now
-            log.warning("zigbee2mqtt: dropped message on %s: %s", source, reason)
+    def _json(self, msg: Message, max_bytes: int) -> Any:
+        try:
+            return loads_json(msg.payload, max_bytes=max_bytes, max_depth=self._limits.max_json_depth)
+        except PeerDataError as exc:
+            self.drops.drop(msg.topic, exc.reason, exc.detail)
+            return None
+
+    def rebind(self, old_id: str, new_id: str) -> None:
+        raise DeviceError(new_id, "not_movable", "a Zigbee device is its bridge's, not an address")
 
     def _on_message(self, msg: Message) -> None:
         rest = msg.topic[len(self._base) + 1 :]
@@ -240,16 +253,11 @@ class Zigbee2MqttAdapter:
         tracked = self._bridge.devices.get(rest)
         if tracked is None:
             return  # a device we do not track (unsupported, disabled) or a group
-        if len(msg.payload) > _MAX_STATE_PAYLOAD:
-            self._bad(msg.topic, "payload too large")
-            return
-        try:
-            data = orjson.loads(msg.payload)
-        except orjson.JSONDecodeError:
-            self._bad(msg.topic, "not JSON")
+        data = self._json(msg, min(_MAX_STATE_PAYLOAD, self._limits.max_json_bytes))
+        if data is None:
             return
         if not isinstance(data, dict):
-            self._bad(msg.topic, "not a JSON object")
+            self.drops.drop(msg.topic, "not_an_object")
             return
         values = self._convert(tracked, data)
         if not tracked.explicit_availability and self._bridge.online and not tracked.available:
@@ -281,14 +289,9 @@ class Zigbee2MqttAdapter:
         return values
 
     def _on_bridge_state(self, msg: Message) -> None:
-        text = msg.payload.decode("utf-8", "replace").strip()
-        state = text
-        if text.startswith("{"):
-            try:
-                state = str(json.loads(text).get("state", ""))
-            except (ValueError, AttributeError):
-                self._bad(msg.topic, "bridge state is not JSON")
-                return
+        state = self._state_text(msg)
+        if state is None:
+            return
         online = state == "online"
         if online == self._bridge.online:
             return
@@ -297,6 +300,17 @@ class Zigbee2MqttAdapter:
         for tracked in self._bridge.devices.values():
             self._set_available(tracked)
 
+    def _state_text(self, msg: Message) -> str | None:
+        """`online` / `offline`, plain or as `{"state": ...}` (Zigbee2MQTT 1.x and 2.x)."""
+        if not msg.payload.lstrip().startswith(b"{"):
+            return msg.payload[:64].decode("utf-8", "replace").strip()
+        data = self._json(msg, 1024)
+        if not isinstance(data, dict):
+            if data is not None:
+                self.drops.drop(msg.topic, "not_an_object")
+            return None
+        return str(data.get("state", ""))[:32]
+
     def _set_available(self, tracked: _Tracked) -> None:
         self._sink.device_availability(tracked.device_id, self._bridge.online and tracked.available)
 
@@ -304,40 +318,63 @@ class Zigbee2MqttAdapter:
         tracked = self._bridge.devices.get(name)
         if tracked is None:
             return
-        text = msg.payload.decode("utf-8", "replace").strip()
-        if text.startswith("{"):
-            try:
-                text = str(json.loads(text).get("state", ""))
-            except (ValueError, AttributeError):
-                self._bad(msg.topic, "availability is not JSON")
-                return
+        text = self._state_text(msg)
+        if text is None:
+            return
         if text not in ("online", "offline"):
-            self._bad(msg.topic, "unknown availability")
+            self.drops.drop(msg.topic, "invalid_availability", text[:32])
             return
         tracked.explicit_availability = True
         tracked.available = text == "online"
         self._set_available(tracked)
 
     def _on_devices(self, msg: Message) -> None:
-        if len(msg.payload) > _MAX_DEVICES_PAYLOAD:
-            self._bad(msg.topic, "device list too large")
+        if len(msg.payload) > self._limits.max_device_list_bytes:
+            self.drops.drop(msg.topic, "too_large", f"device list of {len(msg.payload)} bytes")
             return
         try:
+            # pydantic's own parser: it reads NaN and Infinity, which some JavaScript tools
+            # write, so such an entry fails alone instead of the whole list.
             entries = _DEVICES.validate_json(msg.payload)
         except ValidationError as exc:
-            self._bad(msg.topic, f"invalid device list ({exc.error_count()} errors)")
+            self.drops.drop(msg.topic, "invalid_device_list", f"{exc.error_count()} errors")
             return
+        if not entries:
+            # An empty list (a bridge reset, or someone clearing the retained topic): every
+            # device is offline until the bridge lists it again; nothing is forgotten.
+            for tracked in self._bridge.devices.values():
+                tracked.available = False
+                self._set_available(tracked)
+            return
+        most = self._limits.max_devices_per_protocol
+        if len(entries) > most:
+            self.drops.drop(
+                msg.topic,
+                "too_many_devices",
+                f"{len(entries)} listed, {most} taken",
+                count=len(entries) - most,
+            )
+            del entries[most:]
         seen: set[str] = set()
         devices: dict[str, _Tracked] = {}
         for entry in entries:
             if not isinstance(entry, Z2mDevice):
-                self._bad(msg.topic, "skipped a malformed device entry")
+                self.drops.drop(msg.topic, "invalid_device", "skipped a malformed device entry")
                 continue
             if entry.type == "Coordinator" or entry.definition is None or entry.disabled:
                 continue
             if not entry.interview_completed:
                 continue
-            dev = self._track(entry)
+            if not topic_level_ok(entry.friendly_name, allow_slash=True, max_len=256):
+                self.drops.drop(msg.topic, "bad_name", f"{entry.friendly_name[:64]!r} cannot be a topic")
+                continue
+            try:
+                dev = self._track(entry)
+            except Exception as exc:  # noqa: BLE001 - one device's trouble never costs the others
+                self.drops.drop(
+                    entry.ieee_address, "internal_error", repr(exc), level=logging.ERROR, exc_info=True
+                )
+                continue
             if dev is None:
                 continue
             devices[entry.friendly_name] = dev
@@ -408,8 +445,7 @@ class Zigbee2MqttAdapter:
                 payload[b.prop] = int(min(b.high, max(b.low, round(1e6 / value))))
             else:
                 payload[b.prop] = value
-        self._mqtt.publish(
-            f"{self._base}/{tracked.friendly_name}/set",
-            orjson.dumps(payload),
-            qos=1,
-        )
+        try:
+            self._mqtt.publish(f"{self._base}/{tracked.friendly_name}/set", orjson.dumps(payload), qos=1)
+        except BrokerError as exc:
+            raise DeviceError(device_id, "bridge_unreachable", str(exc)) from exc

@@ -5,13 +5,17 @@ token (owner-only file on the box). The household gets its own tokens by pairing
 shows a PIN, a client sends it back with `POST /api/v1/pair` and receives a token. Tokens are
 stored only as SHA-256 hashes (`<state_dir>/household_tokens.json`, 0600); the PIN is
 cryptographically random, lives at most `pin_lifetime_s` and is replaced after every
-successful pairing. Guessing is rate-limited per client address and in total.
+successful pairing.
 
-`show_pin_on_lan` (default on) serves the current PIN at `GET /api/v1/pairing/pin` to any LAN
-client, because the TV menu itself is a LAN client and must show it. That trades strictness
-for usability: whoever is on the home network can then read the PIN and pair, so the token
-keeps out browsers' cross-site requests and careless programs, not a determined device on
-the LAN. Turn it off to make pairing need the PIN from `gateway pair` (admin token, on the box).
+The PIN is shown only on screens: `GET /api/v1/pairing/pin` answers the box's own screen
+(127.0.0.1) and the approved TVs at their approved addresses (the TV menu runs in the TV's own
+browser, so the request comes from the TV), and `gateway pair` reads it on the box with the
+admin token. Any other LAN client gets 403. Pairing is open only while a PIN is being shown:
+before a screen has shown the current PIN, and after it expires, every attempt fails, so a
+device on the LAN cannot guess at leisure. Each client (an IPv4 address, an IPv6 /64) has a few
+attempts a minute; once wrong guesses pile up from anywhere, the clients that guessed wrong
+are held back while a client that has not (the family's phone) may still pair: one device
+cannot lock everyone else out.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field, StringConstraints
 
 from gateway.errors import GatewayError
-from gateway.web import NOT_JSON, require_admin
+from gateway.web import NOT_JSON, client_key, is_box_itself, require_admin
 
 __all__ = [
     "DEFAULT_PIN_LIFETIME_S",
@@ -71,7 +75,7 @@ class PairingError(GatewayError):
 
 
 class PairingRefused(PairingError):
-    """The PIN was wrong (the caller learns nothing more)."""
+    """The PIN was wrong, or no PIN is being shown (the caller learns nothing more)."""
 
 
 class PairingThrottled(PairingError):
@@ -142,20 +146,22 @@ class Pairing:
         state_dir: Path,
         *,
         pin_lifetime_s: float = DEFAULT_PIN_LIFETIME_S,
-        show_pin_on_lan: bool = True,
+        show_pin_on_screens: bool = True,
         attempts_per_client: int = DEFAULT_ATTEMPTS_PER_CLIENT,
         attempts_total: int = DEFAULT_ATTEMPTS_TOTAL,
         attempt_window_s: float = DEFAULT_ATTEMPT_WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = state_dir / TOKENS_FILE
-        self.show_pin_on_lan = show_pin_on_lan
+        self.show_pin_on_screens = show_pin_on_screens
         self._pin_lifetime_s = pin_lifetime_s
         self._clock = clock
         self._per_client = _SlidingWindow(attempts_per_client, attempt_window_s)
-        self._total = _SlidingWindow(attempts_total, attempt_window_s)
+        self._failures = _SlidingWindow(attempts_total, attempt_window_s)
+        self._failed = _SlidingWindow(1, attempt_window_s)  # who guessed wrong lately
         self._pin = _new_pin()
         self._pin_expires = clock() + pin_lifetime_s
+        self._shown = False  # pairing is open only while the current PIN is being shown
         self._records: list[TokenRecord] = self._load()
         self._save_lock = asyncio.Lock()
         #: Wrong PINs, and attempts refused by the limits (for diagnostics).
@@ -170,13 +176,17 @@ class Pairing:
         return self._pin
 
     def rotate_pin(self) -> None:
-        """Replace the PIN now (after a pairing, and when it has lived its time)."""
+        """Replace the PIN now (after a pairing, and when it has lived its time); pairing is
+        closed until the new one is shown."""
         self._pin = _new_pin()
         self._pin_expires = self._clock() + self._pin_lifetime_s
+        self._shown = False
         log.debug("pairing PIN rotated")
 
     def pin_info(self) -> PinInfo:
+        """The PIN, for a screen to show: showing it opens pairing until it expires."""
         pin = self._current_pin()
+        self._shown = True
         return PinInfo(pin, max(1, math.ceil(self._pin_expires - self._clock())))
 
     # -- pairing --------------------------------------------------------------------------
@@ -185,14 +195,19 @@ class Pairing:
         """Exchange the PIN for a new household token named `name` (replacing one of the
         same name). PairingThrottled, PairingRefused."""
         now = self._clock()
-        wait_s = max(self._per_client.retry_after(client, now), self._total.retry_after("*", now))
+        wait_s = self._per_client.retry_after(client, now)
+        if self._failures.retry_after("*", now) > 0:
+            # Many wrong guesses lately: those who made them wait, everyone else may still try.
+            wait_s = max(wait_s, self._failed.retry_after(client, now))
         if wait_s > 0:
             self.throttled += 1
             raise PairingThrottled(max(1, math.ceil(wait_s)))
         self._per_client.record(client, now)
-        self._total.record("*", now)
-        if not hmac.compare_digest(pin.encode(), self._current_pin().encode()):
+        current = self._current_pin()
+        if not (hmac.compare_digest(pin.encode(), current.encode()) and self._shown):
             self.refused += 1
+            self._failures.record("*", now)
+            self._failed.record(client, now)
             log.warning("pairing: wrong PIN from %s", client)  # at most the attempt limit per minute
             raise PairingRefused("wrong PIN")
         # The PIN is spent before anything awaits: a second request cannot reuse it.
@@ -319,8 +334,9 @@ class _Detail(BaseModel):
     detail: str
 
 
-def pairing_router(pairing: Pairing) -> APIRouter:
-    """`/api/v1/pair...` and `/api/v1/pairing...`."""
+def pairing_router(pairing: Pairing, *, is_screen: Callable[[str], bool] = is_box_itself) -> APIRouter:
+    """`/api/v1/pair...` and `/api/v1/pairing...`. `is_screen(client address)`: may this client
+    show the PIN (the box's own screen, an approved TV)."""
     r = APIRouter(prefix="/api/v1", tags=["pairing"])
 
     @r.post(
@@ -333,7 +349,7 @@ def pairing_router(pairing: Pairing) -> APIRouter:
     )
     async def pair(body: PairRequest, request: Request) -> PairResult:
         """Exchange the PIN shown on the TV for a household token."""
-        client = request.client.host if request.client else "?"
+        client = client_key(request.client.host) if request.client else "?"
         try:
             token = await pairing.pair(body.pin, body.name, client=client)
         except PairingThrottled as exc:
@@ -352,11 +368,19 @@ def pairing_router(pairing: Pairing) -> APIRouter:
 
     @r.get(
         "/pairing/pin",
-        responses={403: {"model": _Detail, "description": "showing the PIN on the LAN is turned off"}},
+        responses={
+            403: {
+                "model": _Detail,
+                "description": "not a screen (only the box itself and approved TVs show the PIN), "
+                "or showing it on screens is turned off",
+            }
+        },
     )
-    async def pairing_pin_lan(response: Response) -> PinView:
-        """The current PIN for the TV menu's settings screen, when `show_pin_on_lan` is on."""
-        if not pairing.show_pin_on_lan:
+    async def pairing_pin_lan(request: Request, response: Response) -> PinView:
+        """The current PIN for the TV menu's settings screen, on the box's own screen and on
+        approved TVs only."""
+        client = request.client.host if request.client else ""
+        if not (pairing.show_pin_on_screens and is_screen(client)):
             raise HTTPException(status.HTTP_403_FORBIDDEN)
         response.headers["Cache-Control"] = "no-store"
         info = pairing.pin_info()

@@ -18,7 +18,7 @@ from firmware_sim.terminal import SpeakerSimulator, TvSimulator
 from gateway.broker import PrivateBroker
 from gateway.config import load_settings
 from gateway.daemon import Gateway
-from tests.helpers import Topics, Watcher, mosquitto_pub
+from tests.helpers import INSTALLER_APPROVED, Topics, Watcher, mosquitto_pub
 
 pytestmark = pytest.mark.netns
 
@@ -87,6 +87,7 @@ def settings(tmp: Path, broker: PrivateBroker) -> Any:
             "mqtt.url": broker.url,
             "http.listen": "127.0.0.1:0",
             "discovery.interfaces": ["lo"],
+            "discovery.auto_approve": INSTALLER_APPROVED,
             "discovery.coap_interval_s": 1.0,
             "discovery.coap_window_s": 0.4,
             "alerts.repeat_interval_s": 5,

@@ -16,7 +16,7 @@ from firmware_sim.coap import CoapDevice, HostileCoapDevice
 from gateway.broker import PrivateBroker
 from gateway.config import load_settings
 from gateway.daemon import Gateway
-from tests.helpers import Topics, Watcher, mosquitto_pub
+from tests.helpers import INSTALLER_APPROVED, Topics, Watcher, mosquitto_pub, wait_hub
 
 pytestmark = pytest.mark.netns
 
@@ -57,6 +57,7 @@ async def lan(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Lan]:
             "mqtt.url": broker.url,
             "http.listen": "127.0.0.1:0",
             "discovery.interfaces": ["lo"],
+            "discovery.auto_approve": INSTALLER_APPROVED,
             "discovery.mdns": False,
             "discovery.coap_interval_s": 1.0,
             "discovery.coap_window_s": 0.4,
@@ -144,7 +145,7 @@ async def test_observed_changes_arrive_without_polling(lan: Lan) -> None:
     await lan.topics.wait(lambda: lan.state("BFY-SMK-000001").get("smoke") is False, what="smoke cleared")
 
 
-async def test_a_device_that_leaves_goes_offline_and_returns_at_a_new_address(lan: Lan) -> None:
+async def test_a_device_back_at_a_new_address_waits_until_the_installer_moves_it(lan: Lan) -> None:
     serial = "BFY-LGT-000001"
     lan.tasks[serial].cancel()
     await lan.topics.wait(
@@ -155,6 +156,19 @@ async def test_a_device_that_leaves_goes_offline_and_returns_at_a_new_address(la
     lan.start(
         CoapDevice(kind="light", address="127.0.0.42", serial=serial, name="客厅灯", report_interval_s=0.5)
     )
+    # No credentials on CoAP: the same serial at another address may be anyone.
+    msg = await lan.topics.wait_message(
+        lambda m: m.topic == f"home/{GW}/event/security", timeout=20, what="a security event"
+    )
+    assert json.loads(msg.payload)["device"] == dev_id(serial)
+    hub = lan.gateway.hub
+    assert hub is not None
+    await wait_hub(
+        hub, lambda: any(d.info.address == "127.0.0.42" for d in hub.devices(approved=False)), what="waiting"
+    )
+    assert lan.topics.json(lan.t(serial, "info"))["address"] == "127.0.0.22"
+    waiting = next(d for d in hub.devices(approved=False) if d.info.address == "127.0.0.42")
+    await hub.move(waiting.info.id, dev_id(serial))
     await lan.topics.wait(
         lambda: (
             lan.topics.retained.get(lan.t(serial, "availability")) == b"online"

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from firmware_sim.terminal import HostileTerminal, SpeakerSimulator, TvSimulator
 from gateway.broker import PrivateBroker
 from gateway.config import load_settings
 from gateway.daemon import Gateway
-from tests.helpers import Topics, Watcher, mosquitto_pub
+from tests.helpers import INSTALLER_APPROVED, Topics, Watcher, mosquitto_pub, wait_hub
 
 pytestmark = pytest.mark.netns
 
@@ -61,6 +62,7 @@ async def lan(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Lan]:
             "mqtt.url": broker.url,
             "http.listen": "127.0.0.1:0",
             "discovery.interfaces": ["lo"],
+            "discovery.auto_approve": INSTALLER_APPROVED,
             "discovery.coap": False,
             "discovery.terminal_event_timeout_s": 3.0,
         },
@@ -136,18 +138,49 @@ async def test_what_a_speaker_hears_becomes_a_voice_event(lan: Lan) -> None:
     assert event == {**event, "text": "打开客厅的灯", "lang": "zh-CN", "source": SPEAKER}
 
 
-async def test_crash_goes_offline_and_return_at_a_new_address_keeps_the_id(lan: Lan) -> None:
+async def test_a_terminal_at_a_new_address_waits_for_the_installer_to_move_it(lan: Lan) -> None:
+    """A terminal has no credentials: whoever answers at a new address with an approved TV's id
+    may be an impostor. It becomes a device of its own, waiting, and a security event; the
+    installer's `approve --replaces` moves the TV there, keeping its id."""
     lan.tv.crash()
     await lan.tasks["tv"]
     await lan.topics.wait(lambda: not lan.online(TV), timeout=15, what="TV offline after a crash")
     lan.tv.move_to("127.0.0.41")
     lan.tasks["tv"] = lan.tg.create_task(lan.tv.run(), name="tv-again")
     await lan.tv.wait_ready()
+    msg = await lan.topics.wait_message(
+        lambda m: m.topic == f"home/{GW}/event/security", timeout=20, what="a security event"
+    )
+    event = json.loads(msg.payload)
+    assert event["reason"] == "impostor" and event["device"] == TV
+    assert event["address"].startswith("127.0.0.41:")
+    hub = lan.gateway.hub
+    assert hub is not None
+
+    def waiting_at_new_address() -> list[Any]:
+        return [
+            d
+            for d in hub.devices(approved=False)
+            if d.info.protocol == "terminal" and d.info.address.startswith("127.0.0.41:")
+        ]
+
+    await wait_hub(hub, lambda: bool(waiting_at_new_address()), what="a waiting device at 127.0.0.41")
+    waiting = waiting_at_new_address()
+    assert len(waiting) == 1 and waiting[0].info.id != TV
+    assert not lan.online(TV) and str(lan.info(TV)["address"]).startswith("127.0.0.31:")
+    state = lan.gateway.settings.state_dir
+    url = (state / "http.url").read_text().strip()
+    admin = {"Authorization": f"Bearer {(state / 'admin.token').read_text().strip()}"}
+    async with httpx.AsyncClient(base_url=url, headers=admin) as client:
+        r = await client.post(f"/api/v1/devices/{waiting[0].info.id}/approve", json={"replaces": TV})
+        assert r.status_code == 200, r.text
+        assert r.json()["info"]["id"] == TV
     await lan.topics.wait(
         lambda: lan.online(TV) and str(lan.info(TV)["address"]).startswith("127.0.0.41:"),
         timeout=20,
-        what="TV online again at 127.0.0.41",
+        what="TV online again at 127.0.0.41, under its own id",
     )
+    assert hub.get(waiting[0].info.id) is None
 
 
 async def test_goodbye_takes_a_terminal_offline(lan: Lan) -> None:

@@ -1,4 +1,6 @@
-"""Household pairing over real HTTP (uvicorn on loopback): PIN, tokens, limits, storage."""
+"""The LAN HTTP server's household side over real HTTP (uvicorn on loopback): pairing (PIN,
+tokens, limits, storage) and the guard in front of every route (Host, Origin, body size,
+streams and requests per client)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pytest
 from gateway.bus import Bus
 from gateway.hub import Hub
 from gateway.registry import Registry
-from gateway.services.pairing import TOKENS_FILE, Pairing, pairing_router
+from gateway.services.pairing import TOKENS_FILE, Pairing, PairingRefused, pairing_router
 from gateway.services.tvmenu import tvmenu_router
 from gateway.web import WebContext, bind, create_app, serve
 
@@ -73,7 +75,9 @@ class Api:
 
 
 @asynccontextmanager
-async def running(state_dir: Path, **pairing_options: Any) -> AsyncIterator[Api]:
+async def running(
+    state_dir: Path, menu_options: dict[str, Any] | None = None, **pairing_options: Any
+) -> AsyncIterator[Api]:
     """The gateway's HTTP app with the pairing and TV-menu routers, served on loopback."""
     state_dir.mkdir(parents=True, exist_ok=True)
     clock = FakeClock()
@@ -86,7 +90,8 @@ async def running(state_dir: Path, **pairing_options: Any) -> AsyncIterator[Api]
             ctx = WebContext(
                 Hub(registry, Bus()), gateway_id="p1", admin_token=admin, household=pairing.name_of
             )
-            app = create_app(ctx, routers=(tvmenu_router(ctx, alerts), pairing_router(pairing)))
+            menu = tvmenu_router(ctx, alerts, **(menu_options or {}))
+            app = create_app(ctx, routers=(menu, pairing_router(pairing, is_screen=ctx.is_screen)))
             ready = asyncio.Event()
             server = tg.create_task(serve(app, sock, ready=ready), name="http")
             async with asyncio.timeout(5):
@@ -150,7 +155,13 @@ async def test_wrong_or_missing_tokens_get_401_and_nothing_else(api: Api) -> Non
     assert api.alerts.acks == []
 
 
-async def test_pairing_attempts_are_limited_per_client_and_in_total(api: Api) -> None:
+def from_address(api: Api, address: str) -> httpx.AsyncClient:
+    """A client at another address of the (simulated) home network: not the box's own screen."""
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(base_url=api.url, transport=transport, timeout=10)
+
+
+async def test_pairing_attempts_are_limited_per_client_and_nobody_locks_out_the_family(api: Api) -> None:
     pin = api.pairing.pin_info().pin
     wrong = f"{(int(pin) + 1) % 1_000_000:06d}"
     for _ in range(5):
@@ -163,22 +174,42 @@ async def test_pairing_attempts_are_limited_per_client_and_in_total(api: Api) ->
     assert r.status_code == 429 and "token" not in r.text
     assert api.pairing.pin_info().pin == pin
 
-    # Other addresses have their own five, until 30 attempts a minute in all.
+    # Other addresses have their own five; after 30 wrong guesses in all, those who guessed wrong
+    # wait, but a client that did not (the family's phone) still pairs.
     for n in range(2, 7):
-        transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{n}")
-        async with httpx.AsyncClient(base_url=api.url, transport=transport, timeout=10) as other:
+        async with from_address(api, f"127.0.0.{n}") as other:
             for _ in range(5):
                 r = await other.post("/api/v1/pair", json={"pin": wrong, "name": "x"})
                 assert r.status_code == 401
-    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.7")
-    async with httpx.AsyncClient(base_url=api.url, transport=transport, timeout=10) as seventh:
-        r = await seventh.post("/api/v1/pair", json={"pin": pin, "name": "x"})
-        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            r = await other.post("/api/v1/pair", json={"pin": pin, "name": "x"})
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    async with from_address(api, "127.0.0.7") as phone:
+        r = await phone.post("/api/v1/pair", json={"pin": pin, "name": "妈妈的手机"})
+        assert r.status_code == 200 and api.pairing.check(r.json()["token"])
 
-    # A minute later the right PIN works again (it lives 10 minutes).
+    # A minute later the first client may try again.
     api.clock.now += 61
-    assert api.pairing.pin_info().pin == pin
-    assert (await api.pair(pin)).status_code == 200
+    assert (await api.pair()).status_code == 200
+
+
+async def test_pairing_is_open_only_while_a_pin_is_shown(tmp_path: Path) -> None:
+    pairing = Pairing(tmp_path)
+    # Nobody has shown the PIN yet: even the right one does not pair.
+    with pytest.raises(PairingRefused):
+        await pairing.pair(pairing._pin, "guess", client="c")
+    shown = pairing.pin_info().pin
+    assert await pairing.pair(shown, "电视菜单", client="c")
+    # Spent: the next PIN is closed again until a screen shows it.
+    with pytest.raises(PairingRefused):
+        await pairing.pair(pairing._pin, "again", client="d")
+
+
+async def test_the_pin_is_shown_only_on_screens(api: Api) -> None:
+    async with from_address(api, "127.0.0.9") as lan_client:
+        r = await lan_client.get("/api/v1/pairing/pin")
+        assert r.status_code == 403 and api.pairing.pin_info().pin not in r.text
+    r = await api.client.get("/api/v1/pairing/pin")  # the box's own screen (127.0.0.1)
+    assert r.status_code == 200 and r.json()["pin"] == api.pairing.pin_info().pin
 
 
 async def test_the_pin_rotates_after_pairing_and_every_ten_minutes(api: Api) -> None:
@@ -205,8 +236,8 @@ async def test_the_pin_rotates_after_pairing_and_every_ten_minutes(api: Api) -> 
         assert (await api.pair(current, name="别的设备")).status_code == 401
 
 
-async def test_the_pin_is_not_on_the_lan_when_turned_off(tmp_path: Path) -> None:
-    async with running(tmp_path / "state", show_pin_on_lan=False) as api:
+async def test_the_pin_is_on_no_screen_when_turned_off(tmp_path: Path) -> None:
+    async with running(tmp_path / "state", show_pin_on_screens=False) as api:
         r = await api.client.get("/api/v1/pairing/pin")
         assert r.status_code == 403 and api.pairing.pin_info().pin not in r.text
         r = await api.client.get("/api/v1/pairing", headers=api.as_admin())
@@ -269,3 +300,89 @@ async def test_a_malformed_pairing_request_is_refused_before_any_attempt(api: Ap
     for _ in range(4):
         assert (await api.pair(f"{(int(api.pairing.pin_info().pin) + 1) % 1_000_000:06d}")).status_code == 401
     assert (await api.pair()).status_code == 200
+
+
+# -- the guard in front of every route ------------------------------------------------------
+
+
+async def test_a_request_must_name_the_box_in_host(api: Api) -> None:
+    """DNS rebinding: a web page whose own name now points at the box still sends that name."""
+    evil = {"Host": "evil.example:8080", "Origin": "http://evil.example:8080"}
+    refused = api.pairing.refused
+    r = await api.client.post("/api/v1/pair", json={"pin": "000000", "name": "evil"}, headers=evil)
+    assert r.status_code == 421 and r.json()["detail"]["reason"] == "wrong_host"
+    assert api.pairing.refused == refused  # not even an attempt
+    assert (await api.client.get("/api/v1/devices", headers={"Host": "evil.example"})).status_code == 421
+    for host in ("127.0.0.1", "LOCALHOST:80", "[::1]:8080"):
+        assert (await api.client.get("/api/v1/devices", headers={"Host": host})).status_code == 200, host
+
+
+async def test_writes_from_another_origin_are_refused(api: Api) -> None:
+    port = api.url.rsplit(":", 1)[1]
+    body = {"pin": api.pairing.pin_info().pin, "name": "x"}
+    for origin in ("http://evil.example", f"http://127.0.0.1:{int(port) + 1}", "null"):
+        r = await api.client.post("/api/v1/pair", json=body, headers={"Origin": origin})
+        assert r.status_code == 403 and r.json()["detail"]["reason"] == "cross_origin", origin
+    # The box's own page (same origin), and programs that send no Origin, are served.
+    r = await api.client.post("/api/v1/pair", json=body, headers={"Origin": f"http://127.0.0.1:{port}"})
+    assert r.status_code == 200
+    # Reading needs no origin check: without CORS headers a foreign page cannot read the answer.
+    r = await api.client.get("/api/v1/devices", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+async def test_request_bodies_are_bounded(api: Api) -> None:
+    big = b"x" * (256 * 1024)
+    r = await api.client.post("/api/v1/devices/x/command", content=big, headers=api.as_admin())
+    assert r.status_code == 413 and r.json()["detail"]["reason"] == "too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(64):
+            yield b"y" * 8192
+
+    r = await api.client.post("/api/v1/pair", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert (await api.pair()).status_code == 200
+
+
+_open: list[Any] = []  # the streams' readers: a reader that is dropped closes its stream
+
+
+async def open_stream(client: httpx.AsyncClient, stack: Any) -> int:
+    response = await stack.enter_async_context(client.stream("GET", "/api/v1/stream"))
+    if response.status_code == 200:
+        reader = response.aiter_text()
+        _open.append(reader)
+        stack.callback(_open.remove, reader)
+        assert "connected" in await anext(reader)
+    return int(response.status_code)
+
+
+async def test_one_client_cannot_take_every_event_stream(tmp_path: Path) -> None:
+    from contextlib import AsyncExitStack
+
+    async with (
+        running(tmp_path / "state", menu_options={"max_streams": 3, "max_streams_per_client": 2}) as api,
+        AsyncExitStack() as stack,
+    ):
+        hog = await stack.enter_async_context(from_address(api, "127.0.0.9"))
+        assert [await open_stream(hog, stack) for _ in range(3)] == [200, 200, 429]
+        other = await stack.enter_async_context(from_address(api, "127.0.0.10"))
+        assert [await open_stream(other, stack) for _ in range(2)] == [200, 503]  # all LAN streams taken
+        # The box's own screen (and an approved TV) always gets its live updates.
+        assert await open_stream(api.client, stack) == 200
+
+
+async def test_one_client_has_only_so_many_requests_in_flight(tmp_path: Path) -> None:
+    from contextlib import AsyncExitStack
+
+    async with (
+        running(tmp_path / "state", menu_options={"max_streams": 100, "max_streams_per_client": 100}) as api,
+        AsyncExitStack() as stack,
+    ):
+        hog = await stack.enter_async_context(from_address(api, "127.0.0.9"))
+        assert {await open_stream(hog, stack) for _ in range(16)} == {200}
+        r = await hog.get("/api/v1/devices")
+        assert r.status_code == 429 and r.json()["detail"]["reason"] == "busy"
+        async with from_address(api, "127.0.0.10") as other:
+            assert (await other.get("/api/v1/devices")).status_code == 200

@@ -31,7 +31,7 @@ from gateway.hub import Hub
 from gateway.services.pairing import TOKENS_FILE, Pairing, pairing_router
 from gateway.services.tvmenu import ALERT_CLEARED_EVENT, ALERT_EVENT, tvmenu_router
 from gateway.web import WebContext, bind, create_app, serve
-from tests.helpers import SCREENSHOTS, Topics, Watcher
+from tests.helpers import INSTALLER_APPROVED, SCREENSHOTS, Topics, Watcher
 
 pytestmark = pytest.mark.netns
 
@@ -157,6 +157,7 @@ async def home(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Home]:
             "mqtt.url": broker.url,
             "http.listen": "127.0.0.1:0",
             "discovery.interfaces": ["lo"],
+            "discovery.auto_approve": INSTALLER_APPROVED,
             "discovery.coap": True,
             "discovery.terminal_event_timeout_s": 20.0,  # the TVs send a keep-alive every 15 s
             "registry.flush_interval_s": 0.5,

@@ -31,7 +31,7 @@ from gateway.bus import Event
 from gateway.config import load_settings
 from gateway.daemon import Gateway
 from gateway.hub import Hub
-from tests.helpers import Topics, Watcher, mosquitto_pub
+from tests.helpers import INSTALLER_APPROVED, Topics, Watcher, mosquitto_pub
 
 pytestmark = pytest.mark.netns
 
@@ -177,6 +177,7 @@ async def home(broker: PrivateBroker, tmp_path: Path) -> AsyncIterator[Home]:
             "mqtt.url": broker.url,
             "http.listen": "127.0.0.1:0",
             "discovery.interfaces": ["lo"],
+            "discovery.auto_approve": INSTALLER_APPROVED,
             "discovery.coap": True,
             "discovery.terminal_event_timeout_s": 20.0,  # the terminals send a keep-alive every 15 s
             "registry.flush_interval_s": 0.5,

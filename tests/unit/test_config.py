@@ -19,7 +19,7 @@ def test_defaults_work_without_a_file(tmp_path: Path) -> None:
     s = load_settings(environ={"XDG_STATE_HOME": str(tmp_path)})
     assert s.mqtt.url == "mqtt://127.0.0.1:1883"
     assert (s.mqtt.host, s.mqtt.port) == ("127.0.0.1", 1883)
-    assert s.http.listen == "0.0.0.0:8080"
+    assert s.http.listen == "lan:8080"  # the LAN interfaces and 127.0.0.1, never the WAN side
     assert s.id.startswith("gw-")
     assert s.id == load_settings(environ={"XDG_STATE_HOME": str(tmp_path)}).id  # stable
 
@@ -108,3 +108,9 @@ def test_arbitrary_toml_text_gives_settings_or_config_error(text: str) -> None:
             load_settings(Path(fh.name), environ={"GATEWAY_STATE_DIR": "/tmp/x"})
         except ConfigError:
             pass
+
+
+def test_the_old_name_of_the_pin_setting_still_loads(tmp_path: Path) -> None:
+    f = tmp_path / "g.toml"
+    f.write_text('id = "x"\n[http]\nshow_pin_on_lan = false\n')
+    assert load_settings(f, environ=NO_ENV).http.show_pin_on_screens is False

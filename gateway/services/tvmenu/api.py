@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from gateway.bus import Event
 from gateway.hub import Device
 from gateway.model import Kind
 from gateway.rooms import COMMON_ROOMS
-from gateway.web import DeviceView, WebContext, device_view, require_writer
+from gateway.web import DeviceView, WebContext, client_key, device_view, require_writer
 
 __all__ = [
     "ALERT_CLEARED_EVENT",
@@ -51,8 +52,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 ALERT_EVENT = "alert"
 ALERT_CLEARED_EVENT = "alert_cleared"
 DEFAULT_KEEPALIVE_S = 15.0
-#: Open event streams at once (each holds a bus queue); a household has a few TVs.
-DEFAULT_MAX_STREAMS = 16
+#: Open event streams at once from clients that are not screens (each holds a bus queue), and
+#: from any one of them; screens (the box, approved TVs) always get theirs.
+DEFAULT_MAX_STREAMS = 32
+DEFAULT_MAX_STREAMS_PER_CLIENT = 4
 #: Events a slow stream may fall behind by before the oldest are dropped (state is current
 #: in every `device` frame, so only history is lost).
 STREAM_QUEUE = 512
@@ -341,12 +344,13 @@ def tvmenu_router(
     language: str = DEFAULT_LANGUAGE,
     keepalive_s: float = DEFAULT_KEEPALIVE_S,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    max_streams_per_client: int = DEFAULT_MAX_STREAMS_PER_CLIENT,
     static_dir: Path = STATIC_DIR,
 ) -> APIRouter:
     """The TV menu: `/`, `/static/...` and its `/api/v1/` endpoints (pairing has its own router)."""
     services_view: ServicesView = services if services is not None else NoServices()
     assets = _Assets(static_dir)
-    streams = 0
+    streams: Counter[str] = Counter()  # open streams by client (screens under "screen:…")
     r = APIRouter()
 
     # -- the page ---------------------------------------------------------------------------
@@ -442,9 +446,8 @@ def tvmenu_router(
                 if dev is not None and dev.row.approved:
                     yield _frame("device", device_view(dev))
 
-    async def event_stream() -> AsyncIterator[bytes]:
-        nonlocal streams
-        streams += 1
+    async def event_stream(client: str) -> AsyncIterator[bytes]:
+        streams[client] += 1
         try:
             async with ctx.hub.bus.subscribe(STREAM_QUEUE) as queue:
                 yield f"retry: {SSE_RETRY_MS}\n: connected\n\n".encode()
@@ -462,7 +465,9 @@ def tvmenu_router(
                     if chunk:
                         yield chunk
         finally:
-            streams -= 1
+            streams[client] -= 1
+            if not streams[client]:
+                del streams[client]
 
     @api.get(
         "/stream",
@@ -475,15 +480,30 @@ def tvmenu_router(
                 ),
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
+            429: {"model": Problem, "description": "this client has too many open streams"},
             503: {"model": Problem, "description": "too many open streams"},
         },
     )
-    async def stream() -> StreamingResponse:
+    async def stream(request: Request) -> StreamingResponse:
         """Live changes for the menu; re-read `/home` and `/alerts` after (re)connecting."""
-        if streams >= max_streams:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "10"})
+        host = request.client.host if request.client else "?"
+        screen = ctx.is_screen(host)
+        client = f"screen:{host}" if screen else client_key(host)
+        if streams[client] >= max_streams_per_client:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                detail={"reason": "too_many_streams", "detail": "close another stream first"},
+                headers={"Retry-After": "10"},
+            )
+        others = sum(n for c, n in streams.items() if not c.startswith("screen:"))
+        if not screen and others >= max_streams:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                detail={"reason": "too_many_streams", "detail": "the gateway serves enough streams now"},
+                headers={"Retry-After": "10"},
+            )
         return StreamingResponse(
-            event_stream(),
+            event_stream(client),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
