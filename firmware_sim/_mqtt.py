@@ -1,12 +1,16 @@
 """MQTT plumbing shared by the simulators: broker URLs, a will-carrying client, reconnects.
 
-This is the only module of `firmware_sim` that drives aiomqtt; simulators see `Link` (publish,
+This is the only module of `firmware_sim` that drives aiomqtt or paho; simulators see `Link` (publish,
 subscribe) and `Inbound` (a received message), and subclass `MqttFirmware`, which keeps a
 device on its broker the way real firmware does: connect with a last will, announce (retained
 topics included) after every (re)connect, serve commands and periodic reports while connected,
 retry with capped, jittered exponential backoff when the broker goes away, and say goodbye
 (publish its offline state itself, because a clean DISCONNECT does not fire the will) when
 it is stopped.
+
+The hostile simulator gets `Mqtt5Probe` instead: one MQTT 5 connection on paho, driven on the
+event loop like `gateway.mqtt`, that leaves no will, connects under any client id and shows
+the broker's reason codes (CONNACK, PUBACK, DISCONNECT), which aiomqtt does not surface.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ import contextlib
 import logging
 import random
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Self
 
 import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -32,8 +43,10 @@ __all__ = [
     "LastWill",
     "Link",
     "LinkDown",
+    "Mqtt5Probe",
     "MqttFirmware",
     "PeerComplaints",
+    "Reason",
     "parse_mqtt_url",
 ]
 
@@ -45,6 +58,17 @@ MQTT_TIMEOUT_S = 10.0  # CONNACK, SUBACK, PUBACK and DISCONNECT waits
 FAREWELL_TIMEOUT_S = 3.0  # the offline announcement on a clean stop
 RECONNECT_MIN_S = 0.25
 RECONNECT_MAX_S = 15.0
+# A probe never sends PINGREQ: its connections last seconds to minutes, far below 1.5
+# keep-alives (MQTT 5.0 §3.1.2.10).
+PROBE_KEEPALIVE_S = 600
+PROBE_WINDOW = 10  # a probe's QoS 1 publishes in flight; below any broker's Receive Maximum
+PROBE_CLOSE_TIMEOUT_S = 1.0  # for our DISCONNECT to leave before the socket is closed
+# Reports use the names of MQTT 5.0 §2.4; paho spells these few differently.
+_SPEC_REASON_NAMES = {
+    0x81: "Malformed Packet", 0x82: "Protocol Error", 0x84: "Unsupported Protocol Version",
+    0x85: "Client Identifier not valid", 0x86: "Bad User Name or Password",
+    0x8D: "Keep Alive timeout", 0x90: "Topic Name invalid", 0x93: "Receive Maximum exceeded",
+}  # fmt: skip
 
 # aiomqtt warns "There are N pending publish calls." whenever more than ten publishes wait
 # for their acks (a simulator announcing its retained topics trips it on every connect), and
@@ -448,3 +472,227 @@ def _link_down_reason(exc: LinkDown | ExceptionGroup[Exception]) -> str:
 def _preview(payload: str | bytes, limit: int = 120) -> str:
     text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# --- a bare MQTT 5 connection, for the hostile simulator ----------------------------------
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Reason:
+    """A reason code from the broker and its name (MQTT 5.0 §2.4); 0x80 and up is a failure."""
+
+    code: int
+    name: str = field(compare=False)
+
+    @classmethod
+    def of(cls, reason: ReasonCode) -> Reason:
+        return cls(reason.value, _SPEC_REASON_NAMES.get(reason.value, reason.getName()))
+
+    @property
+    def failure(self) -> bool:
+        return self.code >= 0x80
+
+
+class Mqtt5Probe:
+    """One MQTT 5 connection without a will, connected once, that records what the broker says.
+
+    `async with` connects (Clean Start, any client id, the address's credentials) and records
+    the CONNACK in `connack` even when refused; `publish()` counts the PUBACK reasons in
+    `acks`; `hold()` waits for the broker to end the connection, whose DISCONNECT reason (if
+    it sent one) lands in `disconnect`. LinkDown when the broker cannot be reached, gives no
+    CONNACK or PUBACK within `timeout_s`, or ends the connection while we wait on it.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        timeout_s: float = MQTT_TIMEOUT_S,
+        window: int = PROBE_WINDOW,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.connack: Reason | None = None
+        self.disconnect: Reason | None = None  # the broker's DISCONNECT, if it sent one
+        self.sent = 0
+        self.acks: Counter[Reason] = Counter()
+        self._timeout_s = timeout_s
+        self._window = window
+        self._unacked: set[int] = set()
+        self._ended = asyncio.Event()
+        self._progress = asyncio.Event()  # set by every CONNACK, PUBACK and end
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        client.connect_timeout = timeout_s
+        if address.username is not None or address.password is not None:
+            client.username_pw_set(address.username, address.password)
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        self._paho = client
+
+    @property
+    def accepted(self) -> bool:
+        """True if the broker accepted the CONNECT (the connection may have ended since)."""
+        return self.connack is not None and self.connack.code == 0
+
+    async def __aenter__(self) -> Self:
+        if self._loop is not None:
+            raise FirmwareSimError(f"probe {self.client_id} of {self.address} was used already")
+        loop = self._loop = asyncio.get_running_loop()
+        # paho resolves and connects with blocking calls, hence the executor.
+        attempt = loop.run_in_executor(None, self._blocking_connect)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await asyncio.shield(attempt)
+                while self.connack is None:
+                    await self._progressed()
+        except (OSError, TimeoutError, LinkDown) as exc:
+            self._abandon(attempt)
+            raise LinkDown(f"no CONNACK from {self.address}: {exc!r}") from exc
+        except BaseException:
+            self._abandon(attempt)
+            raise
+        _log.debug("probe %s: CONNACK %s from %s", self.client_id, self.connack, self.address)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            # A normal DISCONNECT: the broker drops the session and publishes no will (§3.14).
+            if (
+                self.accepted
+                and not self._ended.is_set()
+                and self._paho.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS
+            ):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PROBE_CLOSE_TIMEOUT_S):
+                        await self._ended.wait()
+        finally:
+            self._close_socket()
+
+    async def publish(self, messages: Iterable[tuple[str, bytes, bool]]) -> None:
+        """Publish each (topic, payload, retain) at QoS 1 with up to `window` in flight, and
+        wait for every PUBACK; each must come within `timeout_s`."""
+        for topic, payload, retain in messages:
+            await self._acked(fewer_than=self._window)
+            info = self._paho.publish(topic, payload, qos=1, retain=retain)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise LinkDown(f"publish to {self.address} failed: {paho.error_string(info.rc)}")
+            self._unacked.add(info.mid)
+            self.sent += 1
+        await self._acked(fewer_than=1)
+
+    async def hold(self, seconds: float) -> bool:
+        """Stay connected up to `seconds`; True if the broker ended the connection first."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._ended.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _blocking_connect(self) -> None:
+        self._paho.connect(
+            self.address.host, self.address.port, keepalive=PROBE_KEEPALIVE_S, clean_start=True
+        )
+
+    async def _acked(self, *, fewer_than: int) -> None:
+        """Wait until fewer than `fewer_than` publishes await their PUBACK, each within the timeout."""
+        while len(self._unacked) >= fewer_than:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await self._progressed()
+            except TimeoutError as exc:
+                raise LinkDown(f"no PUBACK from {self.address} within {self._timeout_s:g} s") from exc
+
+    async def _progressed(self) -> None:
+        """Wait for the next CONNACK or PUBACK (the caller bounds the wait); LinkDown once the
+        connection has ended."""
+        if self._ended.is_set():
+            if self.disconnect is not None:
+                raise LinkDown(f"{self.address} disconnected us: {self.disconnect.name}")
+            raise LinkDown(f"{self.address} closed the connection")
+        self._progress.clear()
+        await self._progress.wait()
+
+    def _abandon(self, attempt: asyncio.Future[None]) -> None:
+        """Close the socket, now and once a connect still running in the executor (which
+        cannot be interrupted) has ended, so that it leaves no socket behind."""
+        self._close_socket()
+        if not attempt.done():
+            attempt.add_done_callback(lambda _: self._close_socket())
+
+    def _close_socket(self) -> None:
+        self._paho._sock_close()  # the one place we reach into paho; fires on_socket_close
+
+    def _ended_now(self) -> None:
+        self._ended.set()
+        self._progress.set()
+
+    # paho's callbacks: on the loop, but for the socket hooks during the connect
+
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Any
+    ) -> None:
+        self.connack = Reason.of(reason)
+        self._progress.set()
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties
+    ) -> None:
+        if mid in self._unacked:
+            self._unacked.discard(mid)
+            self.acks[Reason.of(reason)] += 1  # §3.4.2.1: paho reads an absent reason as 0
+            self._progress.set()
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode, props: Any
+    ) -> None:
+        if flags.is_disconnect_packet_from_server:
+            self.disconnect = Reason.of(reason)
+        self._ended_now()
+
+    def _on_readable(self) -> None:
+        try:
+            self._paho.loop_read(self._window)
+        except (KeyError, ValueError) as exc:
+            # paho's decoders raise these for reason codes and properties MQTT 5 does not define.
+            _log.warning("probe %s: %s sent a packet paho cannot read: %r", self.client_id, self.address, exc)
+            self._close_socket()
+            self._ended_now()
+
+    # Adding a reader or writer is queued on the loop (the connect runs in the executor);
+    # removing one happens at once, while the socket is still open.
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._add_reader, sock)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._add_writer, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            self._loop.add_reader(sock, self._on_readable)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(ValueError, OSError):  # closed meanwhile
+            self._loop.add_writer(sock, self._paho.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_writer(sock)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)

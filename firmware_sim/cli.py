@@ -4,9 +4,10 @@
     firmware-sim zigbee2mqtt --mqtt URL [--base-topic zigbee2mqtt] [--report-interval S]
     firmware-sim household --mqtt URL [--tele-period S]
     firmware-sim fleet --gateways N --cloud URL --token=TOKEN [--region CODE ...]  (fleet.py)
+    firmware-sim hostile ATTACK [options]  (hostile.py; `firmware-sim hostile list` lists them)
 
-Logs go to stderr; nothing else is printed. SIGTERM and SIGINT stop cleanly (offline states
-published, connections closed) with exit status 0.
+Logs go to stderr; nothing else is printed but `hostile`'s one JSON report line. SIGTERM and
+SIGINT stop cleanly (offline states published, connections closed) with exit status 0.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from firmware_sim._mqtt import DEFAULT_BROKER_URL, BrokerUrlError, parse_mqtt_url
 from firmware_sim.fleet import add_fleet_parser, fleet_work
+from firmware_sim.hostile import add_hostile_parser, hostile_work
 from firmware_sim.household import LIVING_ROOM_PLUG_MAC, run_household
 from firmware_sim.tasmota import DEFAULT_TELE_PERIOD_S, TasmotaPlug
 from firmware_sim.zigbee2mqtt import (
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"reporting period of every device (default {DEFAULT_TELE_PERIOD_S:g})",
     )  # fmt: skip
     add_fleet_parser(sub)
+    add_hostile_parser(sub)
     return parser
 
 
@@ -101,6 +104,8 @@ def _work(args: argparse.Namespace) -> Work:
     """What to run; ValueError for arguments a simulator refuses."""
     if args.kind == "fleet":
         return fleet_work(args)
+    if args.kind == "hostile":
+        return hostile_work(args)
     url: str = args.mqtt
     if args.kind == "tasmota":
         plug = TasmotaPlug(
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=args.log_level, format=_LOG_FORMAT)
     try:
-        if args.kind != "fleet":  # the fleet talks to a cloud, not to a local broker
+        if args.kind not in ("fleet", "hostile"):  # a cloud; hostile checks its own targets
             parse_mqtt_url(args.mqtt)
         work = _work(args)
     except (BrokerUrlError, ValueError) as exc:

@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="send an orange rainstorm warning through the cloud this long after start (0 = never)",
     )
+    p.add_argument(
+        "--hostile-after",
+        type=float,
+        default=75.0,
+        metavar="S",
+        help="a rogue device on the LAN attacks the gateway this long after start (0 = never)",
+    )
     p.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)  # inside the demo's namespace
     p.add_argument("--cloud-fd", type=int, help=argparse.SUPPRESS)
 
@@ -142,11 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ca", metavar="FILE", help="CA bundle to check the cloud's HTTPS certificate")
 
     p = sub.add_parser("logins", help="broker logins, one per device (Mosquitto's dynamic-security plugin)")
-    _common(p)
-    p.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
-    lsub = p.add_subparsers(dest="logins_command", metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common)
+    common.add_argument("--url", help="gateway HTTP URL (default: what the running gateway wrote)")
+    lsub = p.add_subparsers(dest="logins_command", metavar="ACTION", required=True)
     pl = lsub.add_parser(
-        "init", help="set up the box's broker: the plugin's file and the gateway's own login"
+        "init",
+        parents=[common],
+        help="set up the box's broker: the plugin's file and the gateway's own login",
     )
     pl.add_argument(
         "--dynsec-file",
@@ -156,16 +166,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--username", default="gateway", help="the gateway daemon's login (default %(default)s)")
     pl.add_argument("--force", action="store_true", help="replace an existing file (every login is lost)")
-    pl = lsub.add_parser("add", help="a login for one device; prints what to enter on the device")
+    pl = lsub.add_parser("add", parents=[common], help="a login for one device; prints what to enter on it")
     pl.add_argument("kind", choices=["tasmota", "zigbee2mqtt", "homeassistant"])
     pl.add_argument("--mac", default="", help="Tasmota: the plug's MAC (on its web page, Information)")
     pl.add_argument(
         "--topic", default="", help="Tasmota: its topic (default tasmota_<MAC6>); Zigbee2MQTT: base topic"
     )
     pl.add_argument("--json", action="store_true", help="print JSON")
-    pl = lsub.add_parser("remove", help="delete a login; the device is disconnected at once")
+    pl = lsub.add_parser(
+        "remove", parents=[common], help="delete a login; the device is disconnected at once"
+    )
     pl.add_argument("username")
-    lsub.add_parser("list", help="the logins the gateway made (never their passwords)")
+    lsub.add_parser("list", parents=[common], help="the logins the gateway made (never their passwords)")
 
     p = sub.add_parser("reset", help="reset the box")
     _common(p)
@@ -188,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     http_port=args.http_port,
                     cloud_port=args.cloud_port,
                     alert_after_s=args.alert_after,
+                    hostile_after_s=args.hostile_after,
                     duration_s=args.duration,
                     live=not args.no_live,
                     http_fd=args.http_fd,
@@ -504,7 +517,10 @@ def _give(path: Path, user: str) -> None:
         entry = pwd.getpwnam(user)
     except KeyError:
         return
-    os.chown(path, entry.pw_uid, entry.pw_gid)
+    try:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    except OSError as exc:
+        print(f"could not give {path} to {user} ({exc.strerror}); run: chown {user}: {path}", file=sys.stderr)
 
 
 def _approve(client: Any, args: argparse.Namespace) -> int:

@@ -62,6 +62,7 @@ class _View:
         self.status = "?"
         self.events: list[str] = []
         self.alert = ""
+        self.hostile: list[str] = []
 
     def on_message(self, msg: Message) -> None:
         parts = msg.topic.split("/")
@@ -99,6 +100,10 @@ class _View:
         parts.append(devices_table(rows, title=f"设备 Devices ({len(rows)})"))
         if self.alert:
             parts.append(Text(self.alert, style="bold"))
+        if self.hostile:
+            parts.append(
+                Text("恶意设备演示 A hostile device on the LAN:\n" + "\n".join(self.hostile), style="yellow")
+            )
         if self.events:
             parts.append(Text("最近事件 Recent events:\n" + "\n".join(self.events), style="dim"))
         parts.append(Text("Ctrl-C 退出 to stop", style="dim"))
@@ -116,6 +121,7 @@ class _Options:
     duration_s: float | None
     live: bool
     alert_after_s: float
+    hostile_after_s: float = 0.0
 
 
 async def run_demo(
@@ -123,13 +129,14 @@ async def run_demo(
     http_port: int = 8080,
     cloud_port: int = 8090,
     alert_after_s: float = 20.0,
+    hostile_after_s: float = 75.0,
     duration_s: float | None = None,
     live: bool = True,
     http_fd: int | None = None,
     cloud_fd: int | None = None,
 ) -> int:
     """Outside a private namespace: open the HTTP sockets and re-run inside one."""
-    options = _Options(duration_s, live, alert_after_s)
+    options = _Options(duration_s, live, alert_after_s, hostile_after_s)
     if http_fd is not None or in_private_netns():
         sock = socket.socket(fileno=http_fd) if http_fd is not None else bind("127.0.0.1", http_port)
         cloud = socket.socket(fileno=cloud_fd) if cloud_fd is not None else bind("127.0.0.1", cloud_port)
@@ -148,7 +155,7 @@ async def run_demo(
             return 2
     sock, cloud = socks
     argv = [*_self_cmd("gateway"), "demo", "--http-fd", str(sock.fileno()), "--cloud-fd", str(cloud.fileno())]
-    argv += ["--alert-after", str(alert_after_s)]
+    argv += ["--alert-after", str(alert_after_s), "--hostile-after", str(hostile_after_s)]
     if duration_s is not None:
         argv += ["--duration", str(duration_s)]
     if not live:
@@ -328,6 +335,48 @@ async def _alert(api: str, token: str, view: _View, after_s: float) -> None:
             await asyncio.sleep(_ALERT_POLL_S)
 
 
+#: The demo's rogue device: each attack as `firmware-sim hostile` runs it, a real process on
+#: the home LAN, and what the gateway should do about it.
+_HOSTILE = [
+    (["impostor", "--target-id", "tv-5c0a1b2c3d4e", "--address", "127.0.0.60", "--duration-s", "8"],
+     "冒充客厅电视 an impostor of the living-room TV: it waits; no alert, no voice command for it"),
+    (["nested-json", "--address", "127.0.0.61", "--duration-s", "4"],
+     "100,000 层嵌套的 JSON nested JSON: dropped and counted"),
+    (["huge-info", "--address", "127.0.0.62", "--duration-s", "4"],
+     "150 MB 的设备信息 a 150 MB /info: cut off at 64 KiB"),
+    (["terminal-flood", "--count", "100", "--address", "127.0.0.63", "--duration-s", "8"],
+     "100 台假电视 100 fake TVs: the inbox stays bounded, the real TVs keep their sessions"),
+    (["http-pair-guess", "--count", "30", "--source-addresses", "127.0.0.70,127.0.0.71,127.0.0.72"],
+     "猜配对码 30 PIN guesses: held back, the family can still pair"),
+]  # fmt: skip
+
+
+async def _hostile(state_dir: Path, view: _View, after_s: float) -> None:
+    """A rogue device performs one attack after the other; the view shows what the gateway did."""
+    await asyncio.sleep(after_s)
+    url = (state_dir / "http.url").read_text().strip()
+    token = (state_dir / "admin.token").read_text().strip()
+    for args, what in _HOSTILE:
+        view.hostile.append(f"  … {what}")
+        extra = ["--url", url] if args[0].startswith("http-") else []
+        try:
+            await _run_tool([*_self_cmd("firmware-sim"), "hostile", *args, *extra], args[0])
+            view.hostile[-1] = f"  ✔ {what}"
+        except GatewayError as exc:
+            view.hostile[-1] = f"  ✘ {what}: {exc}"
+    async with httpx.AsyncClient(base_url=url, timeout=10, trust_env=False) as client:
+        health = (
+            await client.get("/api/v1/health/detail", headers={"Authorization": f"Bearer {token}"})
+        ).json()
+    refused = "; ".join(
+        f"{adapter}: " + ", ".join(f"{r} {n}" for r, n in reasons.items())
+        for adapter, reasons in health["drops"].items()
+    )
+    view.hostile.append(
+        f"  网关拒绝了 the gateway refused — {refused}; 仍在运行 still up, {health['devices']} devices"
+    )
+
+
 async def _installer(state_dir: Path, view: _View) -> None:
     """The installer on site: approves the devices the gateway found in the household, as
     `gateway devices approve ID` would, for the length of the visit. What turns up later waits."""
@@ -405,6 +454,10 @@ async def _demo(
     async with asyncio.TaskGroup() as tg:
         watch_task = tg.create_task(watcher.run(), name="demo-viewer")
         side = [watch_task, tg.create_task(_installer(state_dir, view), name="demo-installer")]
+        if options.hostile_after_s > 0:
+            side.append(
+                tg.create_task(_hostile(state_dir, view, options.hostile_after_s), name="demo-hostile")
+            )
         if options.alert_after_s > 0:
             side.append(
                 tg.create_task(_alert(cloud_api, token, view, options.alert_after_s), name="demo-alert")

@@ -16,7 +16,7 @@ from rich.console import Console
 from cloud_bridge.identity import Identity, NotProvisioned
 from cloud_bridge.protocol import BridgeError
 from gateway.config import Settings
-from gateway.daemon import HTTP_URL_FILE
+from gateway.daemon import HTTP_URL_FILE, broker_password
 from gateway.errors import BrokerError, GatewayError, RegistryError
 from gateway.mqtt import MqttClient
 from gateway.registry import Registry
@@ -67,12 +67,16 @@ async def _check_state_dir(settings: Settings) -> Check:
 
 
 async def _check_broker(settings: Settings) -> Check:
+    """Connect as the gateway would. With device logins the check connects anonymously and
+    expects a refusal: client ids are user names there, so the gateway's own login would take
+    the running daemon's session (its connection shows on the `lan` line instead)."""
+    anonymous = settings.mqtt.device_logins
     client = MqttClient(
         host=settings.mqtt.host,
         port=settings.mqtt.port,
         client_id=f"{settings.mqtt_client_id}-doctor",
-        username=settings.mqtt.username,
-        password=settings.mqtt.password.get_secret_value() if settings.mqtt.password else None,
+        username=None if anonymous else settings.mqtt.username,
+        password=None if anonymous else broker_password(settings),
         connect_timeout_s=settings.mqtt.connect_timeout_s,
         reconnect_max_s=1.0,
         name="doctor",
@@ -86,12 +90,17 @@ async def _check_broker(settings: Settings) -> Check:
             ok = False
         await client.close()
         task.cancel()
+    url = settings.mqtt.url
+    if anonymous and ok:
+        return Check(
+            "broker", False, f"{url} accepts anonymous clients; install systemd/mosquitto/gateway.conf"
+        )
+    if anonymous and "refused us" in client.last_error:
+        return Check("broker", True, f"{url} reachable; anonymous clients refused (a login per device)")
     if ok:
-        return Check("broker", True, f"{settings.mqtt.url} reachable")
+        return Check("broker", True, f"{url} reachable")
     return Check(
-        "broker",
-        False,
-        f"cannot connect to {settings.mqtt.url}; is mosquitto running? (systemctl status mosquitto)",
+        "broker", False, f"cannot connect to {url}; is mosquitto running? (systemctl status mosquitto)"
     )
 
 
@@ -188,16 +197,16 @@ async def _check_lan(settings: Settings) -> Check:
         return Check("lan", True, f"the gateway at {url} did not answer ({type(exc).__name__})", warn=True)
     drops: dict[str, dict[str, int]] = health.get("drops", {})
     impostors = int(health.get("impostors", 0))
+    link = "" if health.get("mqtt_connected") else "; the gateway is NOT connected to its broker"
     if not drops:
-        return Check(
-            "lan", True, f"nothing refused from the home network; {health.get('pending', 0)} devices wait"
-        )
+        waiting = health.get("pending", 0)
+        return Check("lan", not link, f"nothing refused from the home network; {waiting} devices wait{link}")
     per_adapter = ", ".join(
         f"{adapter} {sum(reasons.values())} ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items())[:4])})"
         for adapter, reasons in sorted(drops.items())
     )
     note = f"; {impostors} impostor announcements: see `gateway devices --pending`" if impostors else ""
-    return Check("lan", True, f"refused: {per_adapter}{note}", warn=bool(impostors))
+    return Check("lan", not link, f"refused: {per_adapter}{note}{link}", warn=bool(impostors))
 
 
 def _check_clock(now: datetime | None = None) -> Check:

@@ -217,6 +217,8 @@ class MqttClient:
         self._suback: asyncio.Future[None] | None = None
         self._suback_mid = -1
         self.stats = MqttStats()
+        #: Why the last connection attempt failed ("" after a success).
+        self.last_error = ""
         self._last_error_log = 0.0
 
         client = _PahoClient(
@@ -343,8 +345,10 @@ class MqttClient:
                 try:
                     await self._connect_once()
                 except (OSError, BrokerError, TimeoutError) as exc:
+                    self.last_error = str(exc) or type(exc).__name__
                     self._log_connect_error(exc)
                 else:
+                    self.last_error = ""
                     attempt = 0
                     reason = await self._stay_connected()
                     if not self._closing:

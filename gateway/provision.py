@@ -102,13 +102,16 @@ def _problem(response: httpx.Response) -> tuple[str, str]:
 
 
 def factory_reset(state_dir: Path) -> list[str]:
-    """Wipe identity and household data: the cloud identity, the registry, the outbox and
-    tokens. Returns what was removed."""
+    """Wipe identity and household data: the cloud identity, the registry, the outbox, the admin
+    token and every household token (a new household's phones must pair again). The broker
+    logins made for devices stay (the broker has them too): remove them first with
+    `gateway logins remove` when the devices leave with the household. Returns what was removed."""
     removed = []
     if Identity.wipe(state_dir):
         removed.append("cloud identity")
     for name in ("registry.sqlite3", "registry.sqlite3-wal", "registry.sqlite3-shm", "outbox.sqlite3",
-                 "outbox.sqlite3-wal", "outbox.sqlite3-shm", "admin.token", "http.url"):  # fmt: skip
+                 "outbox.sqlite3-wal", "outbox.sqlite3-shm", "admin.token", "http.url",
+                 "household_tokens.json"):  # fmt: skip
         path = state_dir / name
         if path.exists():
             path.unlink()

@@ -357,7 +357,8 @@ class TerminalAdapter:
             self.drops.drop(s.device_id, "not_an_object", f"{event.event[:32]} event")
             return
         if event.event == "state":
-            values, dropped = clean_state(data, allowed)
+            # Keys that are not capabilities (a speaker's `said` history) are simply not ours.
+            values, dropped = clean_state({k: v for k, v in data.items() if k in allowed}, allowed)
             if dropped:
                 self.drops.drop(s.device_id, "invalid_value", f"{dropped} state values", count=dropped)
             if values:

@@ -350,3 +350,18 @@ async def test_a_gateway_offline_gets_the_alert_on_return_and_kill_9_loses_nothi
     )
     st = await stand.gateway_status(alert_id, "gw-a")
     assert st["result"] == "verified"
+
+
+async def test_the_operators_diagnostics_show_what_the_boxs_lan_refused(stand: Stand) -> None:
+    """`cloud command GW diagnostics` against the real daemon: a JSON reply with the link's
+    counters and what the home network sent that the box refused."""
+    r = await stand.cloud.api.post(
+        "/v1/gateways/gw-a/commands", json={"name": "diagnostics", "timeout_s": 15}
+    )
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert reply["status"] == "ok", reply
+    result = reply["result"]
+    assert result["devices"] >= 4 and result["link"]["connects"] >= 1
+    assert isinstance(result["lan_drops"], dict) and isinstance(result["http_refused"], dict)
+    assert {"messages", "waiting"} <= set(result["outbox"])

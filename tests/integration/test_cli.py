@@ -194,3 +194,63 @@ def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
     leftovers = subprocess.run(["pgrep", "-f", logs], capture_output=True, text=True).stdout.split()
     assert leftovers == []
     assert not Path(logs).exists()
+
+
+def test_factory_reset_forgets_every_household_token(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("household_tokens.json", "admin.token", "registry.sqlite3", "http.url"):
+        (state / name).write_text("x")
+    out = gateway_cli("reset", "--factory", "--yes", "--state-dir", str(state), "--id", "t1")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in state.iterdir()) == [] and "household_tokens.json" in out.stdout
+
+
+async def test_logins_init_sets_up_the_boxs_broker_as_shipped(tmp_path: Path) -> None:
+    """`gateway logins init` and systemd/mosquitto/gateway.conf make a broker that refuses
+    anonymous clients and takes the gateway's own login."""
+    from gateway.broker import free_port, mosquitto_binary
+    from gateway.logins import plugin_path
+    from gateway.mqtt import MqttClient
+
+    dynsec, state = tmp_path / "dynamic-security.json", tmp_path / "state"
+    out = gateway_cli("logins", "init", "--dynsec-file", str(dynsec), "--state-dir", str(state), "--id", "t1")
+    assert out.returncode == 0, out.stderr
+    assert "device_logins = true" in out.stdout
+    for path in (dynsec, state / "mqtt.password"):
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert (
+        gateway_cli("logins", "init", "--dynsec-file", str(dynsec), "--state-dir", str(state)).returncode == 2
+    )
+    port = free_port()
+    shipped = (Path(__file__).resolve().parents[2] / "systemd" / "mosquitto" / "gateway.conf").read_text()
+    here = {  # the same config on this machine: a free port, this machine's paths
+        "listener": f"listener {port} 127.0.0.1",
+        "plugin": f"plugin {plugin_path()}",
+        "plugin_opt_config_file": f"plugin_opt_config_file {dynsec}",
+        "persistence_location": f"persistence_location {tmp_path}/",
+        "log_dest": "log_dest stderr",
+    }
+    conf = [here.get(line.split(" ", 1)[0], line) for line in shipped.splitlines() if "192.168." not in line]
+    if os.geteuid() == 0:
+        conf.append("user root")
+    (tmp_path / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    proc = await asyncio.create_subprocess_exec(
+        mosquitto_binary(), "-c", str(tmp_path / "mosquitto.conf"), stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        client = MqttClient(
+            host="127.0.0.1", port=port, client_id="gateway-t1", name="t", username="gateway",
+            password=(state / "mqtt.password").read_text().strip(), reconnect_max_s=0.3,
+        )  # fmt: skip
+        task = asyncio.create_task(client.run())
+        await client.wait_connected(10)
+        await client.close()
+        await task
+        anonymous = subprocess.run(
+            ["mosquitto_pub", "-p", str(port), "-t", "x", "-m", "y"], capture_output=True, timeout=10
+        )
+        assert anonymous.returncode != 0
+    finally:
+        proc.terminate()
+        await proc.wait()

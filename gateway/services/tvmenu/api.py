@@ -13,7 +13,7 @@ import gzip
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -331,6 +331,20 @@ def _asset_response(
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
+class _CountedStream(StreamingResponse):
+    """A stream whose slot is given back when the response is over, even if it never started."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
 # -- the router ----------------------------------------------------------------------------
 
 
@@ -446,28 +460,27 @@ def tvmenu_router(
                 if dev is not None and dev.row.approved:
                     yield _frame("device", device_view(dev))
 
-    async def event_stream(client: str) -> AsyncIterator[bytes]:
-        streams[client] += 1
-        try:
-            async with ctx.hub.bus.subscribe(STREAM_QUEUE) as queue:
-                yield f"retry: {SSE_RETRY_MS}\n: connected\n\n".encode()
-                while True:
-                    try:
-                        async with asyncio.timeout(keepalive_s):
-                            first = await queue.get()
-                    except TimeoutError:
-                        yield b": keep-alive\n\n"
-                        continue
-                    batch = [first]
-                    while not queue.empty():
-                        batch.append(queue.get_nowait())
-                    chunk = b"".join(frames(batch))
-                    if chunk:
-                        yield chunk
-        finally:
-            streams[client] -= 1
-            if not streams[client]:
-                del streams[client]
+    async def event_stream() -> AsyncIterator[bytes]:
+        async with ctx.hub.bus.subscribe(STREAM_QUEUE) as queue:
+            yield f"retry: {SSE_RETRY_MS}\n: connected\n\n".encode()
+            while True:
+                try:
+                    async with asyncio.timeout(keepalive_s):
+                        first = await queue.get()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                batch = [first]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                chunk = b"".join(frames(batch))
+                if chunk:
+                    yield chunk
+
+    def release(client: str) -> None:
+        streams[client] -= 1
+        if not streams[client]:
+            del streams[client]
 
     @api.get(
         "/stream",
@@ -502,8 +515,12 @@ def tvmenu_router(
                 detail={"reason": "too_many_streams", "detail": "the gateway serves enough streams now"},
                 headers={"Retry-After": "10"},
             )
-        return StreamingResponse(
-            event_stream(client),
+        # Counted here, before anything awaits (so concurrent requests cannot all slip under
+        # the limit), and released when the response ends however it ends.
+        streams[client] += 1
+        return _CountedStream(
+            event_stream(),
+            lambda: release(client),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
