@@ -188,9 +188,8 @@ class Hub:
         if len(self._reported) > 1000:
             self._reported.clear()
         self._reported[key] = now
-        self.emit_event(
-            "security", {"reason": reason, "device": device_id, "address": address[:256], "detail": detail}
-        )
+        event = {"reason": reason, "device": device_id, "address": address[:256], "detail": detail}
+        self.emit_event("security", {**event, "ts": iso_now()})
 
     def device_found(self, found: Found) -> None:
         info = found.info

@@ -76,6 +76,7 @@ async def test_an_approved_device_stays_at_its_address_and_an_impostor_waits(
     assert dev is not None and not dev.row.approved  # never approved on arrival
     security = [e.data for e in events if e.kind == "event" and e.device_id == "security"]
     assert [(s["reason"], s["device"]) for s in security] == [("impostor", "bfy-tv")]
+    assert security[0]["address"] == "10.0.0.66:8080" and security[0]["ts"].endswith("Z")
     # Reported once per address and ten minutes, counted every time.
     h.admit("bfy-tv", "terminal", "10.0.0.66:8080")
     assert len([e for e in events if e.device_id == "security"]) == 1 and h.drops.counts["impostor"] == 2
