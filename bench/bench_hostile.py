@@ -5,7 +5,8 @@ real process, a real TV (approved) and a real Tasmota plug with its own login. T
 measured in the same run with no attack: a command from Home Assistant's login to the plug
 through the contract, until the plug's new state is back on the contract (gateway → plug →
 gateway), 40 times in a row. Then each `firmware-sim hostile` attack runs while the same
-measurement repeats, and the gateway's resident memory is sampled every 50 ms. Aim: the daemon
+measurement repeats (the rogue device is a `firmware-sim hostile` process of its own), and the
+gateway's resident memory is sampled every 50 ms. Aim: the daemon
 stays under 150 MB and the real plug's round trip does not change.
 
 Prints a table and writes bench/results/hostile.json.
@@ -22,7 +23,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 from _common import machine, percentile, rss_mb, save, show
 
-from firmware_sim import hostile
 from firmware_sim.tasmota import TasmotaPlug
 from firmware_sim.terminal import TvSimulator
 from gateway.broker import PrivateBroker
@@ -84,7 +84,7 @@ async def sample_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
 
 
 async def under_attack(
-    name: str, attack: Callable[[], Awaitable[Any]], contract: Contract, pid: int, n: int
+    name: str, attack: Awaitable[None], contract: Contract, pid: int, n: int
 ) -> dict[str, Any]:
     """Run `attack` while measuring round trips (and once more right after it)."""
     peak = [rss_mb(pid)]
@@ -94,7 +94,7 @@ async def under_attack(
     t0 = time.perf_counter()
     try:
         async with asyncio.TaskGroup() as tg:
-            task = tg.create_task(attack())
+            task = tg.create_task(attack)
             trips = await contract.round_trips(n)
             await task
             trips += await contract.round_trips(5)  # and right after it
@@ -121,54 +121,42 @@ async def _approve(api: httpx.AsyncClient, device: str) -> None:
             await asyncio.sleep(0.2)
 
 
-async def held(server: hostile._Served, seconds: float) -> None:
-    async with server:
-        await asyncio.sleep(seconds)
+def _attacks(url: str, rogue: str, z2m: str) -> list[tuple[str, list[str]]]:
+    """Each attack that costs the gateway something, as `firmware-sim hostile` arguments: the
+    rogue device runs as a process of its own, so the measuring client is never slowed by it."""
+    guessers = ",".join(f"127.0.0.{a}" for a in range(71, 77))
+    attacks = {
+        "none (baseline)": "",
+        "nested JSON event (100,000 deep)": "nested-json --address 127.0.0.60 --duration-s 3",
+        "150 MB /info": "huge-info --address 127.0.0.61 --duration-s 3",
+        "150 MB event line": "huge-event --address 127.0.0.62 --duration-s 4",
+        "230 fake terminals": "terminal-flood --address 127.0.0.63 --count 230 --duration-s 6",
+        "impostor of the TV": f"impostor --address 127.0.0.64 --target-id {TV_TXT_ID} --duration-s 3",
+        "CoAP bignum": "coap-bigint --address 127.0.0.65 --duration-s 4",
+        "Tasmota config, 20,000 relays": f"tasmota-relays --mqtt {rogue} --mac {ROGUE_MAC}",
+        "sensors for 1,500 MACs": f"tasmota-sensors --mqtt {rogue} --count 1500",
+        "Zigbee2MQTT list of 10,000": f"z2m-devices --mqtt {z2m} --count 10000",
+        "client-id takeover ×10": f"client-id-takeover --mqtt {rogue} --victim-client-id gateway-{GW} "
+        "--count 10 --interval-s 0.2",
+        "20 event streams, one client": f"http-streams --url {url} --count 20 --duration-s 3 "
+        "--source-address 127.0.0.70",
+        "30 PIN guesses, 6 addresses": f"http-pair-guess --url {url} --count 30 "
+        f"--source-addresses {guessers}",
+        "150 MB request body": f"http-big-body --url {url} --size-mb 150",
+    }
+    return [(name, args.split()) for name, args in attacks.items()]
 
 
-def _attacks(url: str, rogue: str, z2m: str) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
-    """Each attack of `firmware-sim hostile` that costs the gateway something, as a coroutine."""
-
-    async def idle() -> None:
-        await asyncio.sleep(0)
-
-    def server(make: Callable[[], hostile._Served], seconds: float) -> Callable[[], Awaitable[None]]:
-        return lambda: held(make(), seconds)
-
-    guessers = [f"127.0.0.{a}" for a in range(71, 77)]
-    return [
-        ("none (baseline)", idle),
-        (
-            "nested JSON event (100,000 deep)",
-            server(lambda: hostile.NestedJsonTerminal(address="127.0.0.60"), 3),
-        ),
-        ("150 MB /info", server(lambda: hostile.HugeInfoTerminal(address="127.0.0.61"), 3)),
-        ("150 MB event line", server(lambda: hostile.HugeEventTerminal(address="127.0.0.62"), 4)),
-        ("230 fake terminals", server(lambda: hostile.TerminalFlood(address="127.0.0.63", count=230), 6)),
-        (
-            "impostor of the TV",
-            server(lambda: hostile.ImpostorTerminal(address="127.0.0.64", target_id=TV_TXT_ID), 3),
-        ),
-        ("CoAP bignum", server(lambda: hostile.BigIntCoapDevice(address="127.0.0.65"), 4)),
-        ("Tasmota config, 20,000 relays", lambda: hostile.tasmota_relays(rogue, mac=ROGUE_MAC)),
-        ("sensors for 1,500 MACs", lambda: hostile.tasmota_sensors(rogue, count=1500)),
-        ("Zigbee2MQTT list of 10,000", lambda: hostile.z2m_devices(z2m, count=10_000)),
-        (
-            "client-id takeover ×10",
-            lambda: hostile.client_id_takeover(
-                rogue, victim_client_id=f"gateway-{GW}", count=10, interval_s=0.2
-            ),
-        ),
-        (
-            "20 event streams",
-            lambda: hostile.http_streams(url, count=20, duration_s=3, source_address="127.0.0.70"),
-        ),
-        (
-            "30 PIN guesses, 6 addresses",
-            lambda: hostile.http_pair_guess(url, count=30, source_addresses=guessers),
-        ),
-        ("150 MB request body", lambda: hostile.http_big_body(url, size_mb=150)),
-    ]
+async def rogue_device(args: list[str]) -> None:
+    """One attack by `firmware-sim hostile`, a process of its own like a real rogue device."""
+    if not args:
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_sim.cli", "hostile", *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    if await proc.wait() != 0:
+        raise SystemExit(f"firmware-sim hostile {args[0]} failed")
 
 
 async def main(n: int) -> None:
@@ -234,8 +222,8 @@ async def main(n: int) -> None:
                             await contract.changed.wait()
 
                     attacks = _attacks(url, mqtt_url("rogue"), mqtt_url("z2m"))
-                    for name, attack in attacks:
-                        rows.append(await under_attack(name, attack, contract, pid, n))
+                    for name, args in attacks:
+                        rows.append(await under_attack(name, rogue_device(args), contract, pid, n))
                         print(
                             f"  {name}: p50 {rows[-1]['p50_ms']} ms, peak {rows[-1]['rss_peak_mb']} MB",
                             flush=True,

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -405,6 +406,9 @@ async def _connect(
         will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
         keepalive=keepalive_s,
         timeout=MQTT_TIMEOUT_S,
+        # Small packets leave at once, as from a device's lwIP stack: with Nagle the second of
+        # two quick publishes (RESULT, then POWER) waits for the broker's delayed ACK, 40 ms.
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
     )
     try:
         await _enter(client)

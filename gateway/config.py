@@ -194,8 +194,10 @@ class LanSettings(_Section):
     max_http_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     #: An mDNS TXT record (RFC 6763 §6.2: up to 1300 bytes still fits one packet).
     max_txt_bytes: int = Field(default=1300, ge=200, le=9000)
-    #: The Zigbee2MQTT device list (`bridge/devices`), which lists every paired device.
-    max_device_list_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: The Zigbee2MQTT device list (`bridge/devices`), which lists every paired device: room for
+    #: `max_devices_per_protocol` devices with long `exposes`. A larger list is refused whole
+    #: (parsing it would cost its size several times over); raise both for a bigger network.
+    max_device_list_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     #: Devices one protocol may bring into the registry (approved and waiting).
     max_devices_per_protocol: int = Field(default=128, ge=1, le=10_000)
     #: Devices one protocol may have waiting for the installer (the inbox).

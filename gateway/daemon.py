@@ -336,7 +336,7 @@ class Gateway:
             max_streams=s.http.max_streams,
             max_streams_per_client=s.http.max_streams_per_client,
         )
-        routers = [menu, pairing_router(pairing, is_screen=ctx.is_screen)]
+        routers = [menu, pairing_router(pairing, is_screen=ctx.is_screen, refused=ctx.http_drops)]
         if self.logins is not None:
             routers.append(logins_router(self.logins))
         if self.services is not None and self.gov is not None:

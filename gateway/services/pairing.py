@@ -30,7 +30,7 @@ import math
 import os
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -334,10 +334,17 @@ class _Detail(BaseModel):
     detail: str
 
 
-def pairing_router(pairing: Pairing, *, is_screen: Callable[[str], bool] = is_box_itself) -> APIRouter:
+def pairing_router(
+    pairing: Pairing,
+    *,
+    is_screen: Callable[[str], bool] = is_box_itself,
+    refused: Counter[str] | None = None,
+) -> APIRouter:
     """`/api/v1/pair...` and `/api/v1/pairing...`. `is_screen(client address)`: may this client
-    show the PIN (the box's own screen, an approved TV)."""
+    show the PIN (the box's own screen, an approved TV). Refusals are counted by reason in
+    `refused` (the LAN guard's counter, on the admin health view)."""
     r = APIRouter(prefix="/api/v1", tags=["pairing"])
+    counted: Counter[str] = refused if refused is not None else Counter()
 
     @r.post(
         "/pair",
@@ -353,10 +360,12 @@ def pairing_router(pairing: Pairing, *, is_screen: Callable[[str], bool] = is_bo
         try:
             token = await pairing.pair(body.pin, body.name, client=client)
         except PairingThrottled as exc:
+            counted["pairing_throttled"] += 1
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(exc.retry_after_s)}
             ) from exc
         except PairingRefused as exc:
+            counted["wrong_pin"] += 1
             raise _unauthorized() from exc
         return PairResult(token=token)
 
@@ -381,6 +390,7 @@ def pairing_router(pairing: Pairing, *, is_screen: Callable[[str], bool] = is_bo
         approved TVs only."""
         client = request.client.host if request.client else ""
         if not (pairing.show_pin_on_screens and is_screen(client)):
+            counted["pin_not_a_screen"] += 1
             raise HTTPException(status.HTTP_403_FORBIDDEN)
         response.headers["Cache-Control"] = "no-store"
         info = pairing.pin_info()

@@ -390,4 +390,6 @@ async def test_lan_http_attacks_lock_nobody_out(home: Home) -> None:
     assert big["status"] in (413, "closed"), big
     await home.still_fine("LAN HTTP attacks", rss_before=rss)
     drops = await home.drops()
-    assert drops["http"]["wrong_host"] >= 1 and drops["http"]["too_large"] >= 1
+    http = drops["http"]
+    assert http["wrong_host"] >= 1 and http["too_large"] >= 1 and http["too_many_streams"] >= 16
+    assert http["pin_not_a_screen"] >= 1 and http.get("wrong_pin", 0) + http.get("pairing_throttled", 0) >= 30

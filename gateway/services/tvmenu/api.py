@@ -503,6 +503,7 @@ def tvmenu_router(
         screen = ctx.is_screen(host)
         client = f"screen:{host}" if screen else client_key(host)
         if streams[client] >= max_streams_per_client:
+            ctx.http_drops["too_many_streams"] += 1
             raise HTTPException(
                 status.HTTP_429_TOO_MANY_REQUESTS,
                 detail={"reason": "too_many_streams", "detail": "close another stream first"},
@@ -510,6 +511,7 @@ def tvmenu_router(
             )
         others = sum(n for c, n in streams.items() if not c.startswith("screen:"))
         if not screen and others >= max_streams:
+            ctx.http_drops["too_many_streams"] += 1
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 detail={"reason": "too_many_streams", "detail": "the gateway serves enough streams now"},
