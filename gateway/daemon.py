@@ -111,8 +111,9 @@ class Gateway:
         and one on 127.0.0.1 for the box's own screen; never the operator's side."""
         if not self.settings.http.enabled:
             return []
-        if self._http_socket is not None:
-            return [self._http_socket]
+        # An inherited socket (`--http-fd`: the demo's, opened on the host) serves as well as,
+        # and after, the configured ones: what the daemon announces is what the LAN reaches.
+        inherited = [self._http_socket] if self._http_socket is not None else []
         host, port = parse_host_port(self.settings.http.listen)
         hosts = [host]
         if host == "lan":
@@ -133,7 +134,7 @@ class Gateway:
             raise GatewayError(
                 f"cannot listen on {h}:{port}: {exc.strerror} (set http.listen or --http to a free HOST:PORT)"
             ) from exc
-        return socks
+        return socks + inherited
 
     def _allowed_hosts(self, socks: list[socket.socket]) -> set[str]:
         """What a request may name in `Host`: the addresses we listen on (all of this box's

@@ -228,7 +228,8 @@ def _header(port: int, cloud_port: int, broker: PrivateBroker, workdir: Path, se
             f"  token:                cloud --data-dir {cloud_dir} token show operator",
             "Send an alert 发送预警:",
             f"  cloud alert example --colour red | cloud --data-dir {cloud_dir} alert send -",
-            f"Pairing PIN 配对码:     gateway pair --state-dir {workdir / 'state'} --id {DEMO_GATEWAY_ID}",
+            f"Pairing PIN 配对码:     gateway pair --state-dir {workdir / 'state'} --id {DEMO_GATEWAY_ID}"
+            f" --url http://127.0.0.1:{port}",
             f"Services 服务 (TV menu → 服务, pushed by the operator): {'; '.join(services)}",
             f"  orders 订单:          cloud --data-dir {cloud_dir} shop orders",
             f"  pay 模拟支付:         cloud --data-dir {cloud_dir} shop pay ORDER_ID",
@@ -377,13 +378,13 @@ async def _hostile(state_dir: Path, view: _View, after_s: float) -> None:
     )
 
 
-async def _installer(state_dir: Path, view: _View) -> None:
+async def _installer(state_dir: Path, view: _View, visit_s: float) -> None:
     """The installer on site: approves the devices the gateway found in the household, as
     `gateway devices approve ID` would, for the length of the visit. What turns up later waits."""
     url = (state_dir / "http.url").read_text().strip()
     token = (state_dir / "admin.token").read_text().strip()
     loop = asyncio.get_running_loop()
-    leave = loop.time() + _INSTALLER_VISIT_S
+    leave = loop.time() + visit_s
     async with httpx.AsyncClient(
         base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10, trust_env=False
     ) as client:
@@ -453,7 +454,11 @@ async def _demo(
     watcher.subscribe(f"home/{DEMO_GATEWAY_ID}/#", view.on_message)
     async with asyncio.TaskGroup() as tg:
         watch_task = tg.create_task(watcher.run(), name="demo-viewer")
-        side = [watch_task, tg.create_task(_installer(state_dir, view), name="demo-installer")]
+        # The installer has left before the rogue device shows up.
+        visit_s = (
+            min(_INSTALLER_VISIT_S, options.hostile_after_s - 5) if options.hostile_after_s > 0 else 60.0
+        )
+        side = [watch_task, tg.create_task(_installer(state_dir, view, visit_s), name="demo-installer")]
         if options.hostile_after_s > 0:
             side.append(
                 tg.create_task(_hostile(state_dir, view, options.hostile_after_s), name="demo-hostile")
@@ -469,12 +474,16 @@ async def _demo(
                     live_view.update(view.render(header))
         else:
             console.print(header)
-            shown = ""
+            shown, hostile_shown = "", 0
             while not await _wait(stop, 2.0, deadline, loop):
                 console.print(view.render(header).renderables[2])
                 if view.alert != shown:
                     shown = view.alert
                     console.print(shown)
+                done = [line for line in view.hostile if not line.startswith("  …")]
+                for line in done[hostile_shown:]:
+                    console.print(f"恶意设备 hostile device:{line}")
+                hostile_shown = len(done)
         await watcher.close()
         for task in side:
             task.cancel()
