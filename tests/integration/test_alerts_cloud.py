@@ -24,10 +24,11 @@ import pytest
 
 from cloud_bridge.cap import Reference, parse_cap_xml
 from cloud_bridge.protocol import new_envelope, topics
+from firmware_sim import hostile
 from firmware_sim.terminal import SpeakerSimulator, TvSimulator
 from gateway.broker import PrivateBroker
 from gateway.procs import Child
-from tests.helpers import Topics, Watcher, gateway_child
+from tests.helpers import Topics, Watcher, gateway_child, mosquitto_pub
 from tests.integration.cloud_harness import CloudHarness, running_cloud
 
 pytestmark = pytest.mark.netns
@@ -365,3 +366,23 @@ async def test_the_operators_diagnostics_show_what_the_boxs_lan_refused(stand: S
     assert result["devices"] >= 4 and result["link"]["connects"] >= 1
     assert isinstance(result["lan_drops"], dict) and isinstance(result["http_refused"], dict)
     assert {"messages", "waiting"} <= set(result["outbox"])
+
+
+async def test_transcripts_stay_home_and_an_impostor_is_reported_to_the_operator(stand: Stand) -> None:
+    """What people say, and the answers, never go up; a device impersonating the living-room TV
+    does, as a security event (after the transcripts, so the order shows they were held back)."""
+    mosquitto_pub(stand.a.broker, "home/gw-a/voice/in", json.dumps({"text": "打开客厅的灯", "lang": "zh-CN"}))
+    await stand.a.local.wait_message(lambda m: m.topic == "home/gw-a/event/voice_reply", what="the answer")
+    async with hostile.ImpostorTerminal(address="127.0.0.88", target_id="tv-c1", heard_interval_s=0.5):
+
+        async def reported() -> bool:
+            ups = await stand.cloud.get("/v1/uplinks", gateway_id="gw-a", type="event", limit=1000)
+            return any(u["payload"].get("kind") == "security" for u in ups)
+
+        await stand.until(reported, "the impostor reported to the operator")
+    events = await stand.cloud.get("/v1/uplinks", gateway_id="gw-a", type="event", limit=1000)
+    kinds = [u["payload"].get("kind") for u in events]
+    assert "voice" not in kinds and "voice_reply" not in kinds, kinds
+    security = next(u["payload"] for u in events if u["payload"].get("kind") == "security")
+    assert (security["reason"], security["device"]) == ("impostor", "bfy-tv-c1")
+    assert not any("打开客厅的灯" in json.dumps(u["payload"], ensure_ascii=False) for u in events)
