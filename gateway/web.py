@@ -283,11 +283,7 @@ def _devices_router() -> APIRouter:
         if ctx.http_drops:
             drops["http"] = dict(sorted(ctx.http_drops.items()))
         return AdminHealth(
-            id=ctx.gateway_id,
-            version=__version__,
-            mqtt_connected=ctx.mqtt_connected(),
-            devices=len(ctx.hub.devices(approved=True)),
-            pending=len(ctx.hub.devices(approved=False)),
+            **health(ctx).model_dump(),
             drops=drops,
             impostors=drops.get("hub", {}).get("impostor", 0),
             details=ctx.health(),

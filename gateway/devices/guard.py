@@ -31,6 +31,7 @@ __all__ = [
     "bounded_lines",
     "check_depth",
     "isolated",
+    "json_or_drop",
     "loads_json",
     "read_bounded",
     "topic_level_ok",
@@ -136,6 +137,22 @@ def loads_json(data: bytes | str, *, max_bytes: int, max_depth: int) -> Any:
         reason = "too_deep" if "depth" in str(exc) else "invalid_json"
         raise PeerDataError(reason, str(exc)[:120]) from exc
     check_depth(value, max_depth)
+    return value
+
+
+def json_or_drop(
+    drops: Drops, peer: str, data: bytes | str, *, max_bytes: int, max_depth: int, object_only: bool = True
+) -> Any:
+    """A peer's JSON message within bounds, or None after counting and logging the drop.
+    `object_only`: anything but a JSON object is dropped too (device messages are objects)."""
+    try:
+        value = loads_json(data, max_bytes=max_bytes, max_depth=max_depth)
+    except PeerDataError as exc:
+        drops.drop(peer, exc.reason, exc.detail)
+        return None
+    if object_only and not isinstance(value, dict):
+        drops.drop(peer, "not_an_object")
+        return None
     return value
 
 

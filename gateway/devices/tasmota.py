@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
-from gateway.devices.guard import Drops, PeerDataError, loads_json, topic_level_ok
+from gateway.devices.guard import Drops, json_or_drop, topic_level_ok
 from gateway.errors import BrokerError, DeviceError
 from gateway.ids import device_id, normalize_mac
 from gateway.model import DeviceInfo, Kind
@@ -276,31 +276,25 @@ class TasmotaAdapter:
             self.drops.drop(msg.topic, "bad_topic", str(exc))
 
     def _may_use(self, config: TasmotaConfig, source: str) -> bool:
-        """A config may only use its own login's topic, and never another plug's."""
+        """A config may only use its own login's topic, and never another plug's (either would
+        steer commands to another plug: refused and reported)."""
         allowed = self._topic_of_login(config.mac)
         if allowed is None:
             self.drops.drop(source, "no_login", f"{config.mac} has no broker login")
             return False
         mine = config.topic(0)
         if allowed and mine != f"cmnd/{allowed}/":
-            self._sink.security_event(
-                "topic_mismatch",
-                device_id(PROTOCOL, config.mac),
-                source,
-                f"config names topic {config.t!r}; its login is for {allowed!r}",
-            )
-            self.drops.drop(source, "topic_mismatch", config.t)
+            detail = f"config names topic {config.t!r}; its login is for {allowed!r}"
+            self._sink.security_event("topic_mismatch", device_id(PROTOCOL, config.mac), source, detail)
             return False
-        for mac, node in self._nodes.items():
-            if mac != config.mac and node.config.topic(0) == mine:
-                self._sink.security_event(
-                    "topic_taken",
-                    device_id(PROTOCOL, config.mac),
-                    source,
-                    f"config names topic {config.t!r}, which is {mac}'s",
-                )
-                self.drops.drop(source, "topic_taken", config.t)
-                return False
+        taken = next(
+            (mac for mac, node in self._nodes.items() if mac != config.mac and node.config.topic(0) == mine),
+            None,
+        )
+        if taken is not None:
+            detail = f"config names topic {config.t!r}, which is {taken}'s"
+            self._sink.security_event("topic_taken", device_id(PROTOCOL, config.mac), source, detail)
+            return False
         return True
 
     def _on_sensors(self, msg: Message) -> None:
@@ -475,18 +469,13 @@ class TasmotaAdapter:
 
     def _json(self, msg: Message) -> dict[str, Any] | None:
         limits = self._limits
-        try:
-            data = loads_json(
-                msg.payload,
-                max_bytes=min(_MAX_PAYLOAD, limits.max_json_bytes),
-                max_depth=limits.max_json_depth,
-            )
-        except PeerDataError as exc:
-            self.drops.drop(msg.topic, exc.reason, exc.detail)
-            return None
-        if not isinstance(data, dict):
-            self.drops.drop(msg.topic, "not_an_object")
-            return None
+        data: dict[str, Any] | None = json_or_drop(
+            self.drops,
+            msg.topic,
+            msg.payload,
+            max_bytes=min(_MAX_PAYLOAD, limits.max_json_bytes),
+            max_depth=limits.max_json_depth,
+        )
         return data
 
     def _apply_power(self, node: _Node, index: int, on: bool) -> None:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
-from gateway.devices.guard import Drops, PeerDataError, bounded_lines, loads_json, read_bounded
+from gateway.devices.guard import Drops, PeerDataError, bounded_lines, json_or_drop, loads_json, read_bounded
 from gateway.devices.mdns import ServiceSeen
 from gateway.errors import DeviceError
 from gateway.ids import device_id
@@ -346,15 +346,15 @@ class TerminalAdapter:
                     self._on_event(s, event, allowed)
 
     def _on_event(self, s: _Session, event: SseEvent, allowed: set[str]) -> None:
-        try:
-            data = loads_json(
-                event.data, max_bytes=self._limits.max_json_bytes, max_depth=self._limits.max_json_depth
-            )
-        except PeerDataError as exc:
-            self.drops.drop(s.device_id, exc.reason, f"{event.event[:32]} event: {exc.detail}")
-            return
-        if not isinstance(data, dict):
-            self.drops.drop(s.device_id, "not_an_object", f"{event.event[:32]} event")
+        limits = self._limits
+        data = json_or_drop(
+            self.drops,
+            s.device_id,
+            event.data,
+            max_bytes=limits.max_json_bytes,
+            max_depth=limits.max_json_depth,
+        )
+        if data is None:
             return
         if event.event == "state":
             # Keys that are not capabilities (a speaker's `said` history) are simply not ours.

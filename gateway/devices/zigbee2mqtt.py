@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from gateway.config import LanSettings
 from gateway.devices.base import DeviceSink, Found
-from gateway.devices.guard import Drops, PeerDataError, loads_json, topic_level_ok
+from gateway.devices.guard import Drops, json_or_drop, topic_level_ok
 from gateway.errors import BrokerError, DeviceError
 from gateway.ids import device_id
 from gateway.model import DeviceInfo, Kind
@@ -226,12 +226,15 @@ class Zigbee2MqttAdapter:
             for u in undo:
                 u()
 
-    def _json(self, msg: Message, max_bytes: int) -> Any:
-        try:
-            return loads_json(msg.payload, max_bytes=max_bytes, max_depth=self._limits.max_json_depth)
-        except PeerDataError as exc:
-            self.drops.drop(msg.topic, exc.reason, exc.detail)
-            return None
+    def _json(self, msg: Message, max_bytes: int, *, object_only: bool = True) -> Any:
+        return json_or_drop(
+            self.drops,
+            msg.topic,
+            msg.payload,
+            max_bytes=max_bytes,
+            max_depth=self._limits.max_json_depth,
+            object_only=object_only,
+        )
 
     def rebind(self, old_id: str, new_id: str) -> None:
         raise DeviceError(new_id, "not_movable", "a Zigbee device is its bridge's, not an address")
@@ -255,9 +258,6 @@ class Zigbee2MqttAdapter:
             return  # a device we do not track (unsupported, disabled) or a group
         data = self._json(msg, min(_MAX_STATE_PAYLOAD, self._limits.max_json_bytes))
         if data is None:
-            return
-        if not isinstance(data, dict):
-            self.drops.drop(msg.topic, "not_an_object")
             return
         values = self._convert(tracked, data)
         if not tracked.explicit_availability and self._bridge.online and not tracked.available:
@@ -305,11 +305,7 @@ class Zigbee2MqttAdapter:
         if not msg.payload.lstrip().startswith(b"{"):
             return msg.payload[:64].decode("utf-8", "replace").strip()
         data = self._json(msg, 1024)
-        if not isinstance(data, dict):
-            if data is not None:
-                self.drops.drop(msg.topic, "not_an_object")
-            return None
-        return str(data.get("state", ""))[:32]
+        return None if data is None else str(data.get("state", ""))[:32]
 
     def _set_available(self, tracked: _Tracked) -> None:
         self._sink.device_availability(tracked.device_id, self._bridge.online and tracked.available)
