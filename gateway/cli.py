@@ -414,9 +414,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
     from gateway.tables import devices_table  # noqa: PLC0415
 
-    Console().print(
-        devices_table(devices, title="待批准设备 Pending devices" if args.pending else "设备 Devices")
-    )
+    title = "待批准设备 Pending devices" if args.pending else "设备 Devices"
+    Console().print(devices_table(devices, title=title, addresses=args.pending))
     return 0
 
 

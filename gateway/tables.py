@@ -38,14 +38,19 @@ def format_state(state: Mapping[str, Any]) -> str:
     return "  ".join(f"{k} {_fmt(k, state[k])}" for k in keys)
 
 
-def devices_table(devices: Iterable[Mapping[str, Any]], *, title: str = "设备 Devices") -> Table:
-    """`devices` are DeviceView dicts (`info`, `state`, `online`, `approved`)."""
+def devices_table(
+    devices: Iterable[Mapping[str, Any]], *, title: str = "设备 Devices", addresses: bool = False
+) -> Table:
+    """`devices` are DeviceView dicts (`info`, `state`, `online`, `approved`). `addresses`: show
+    where each device answers (what an installer checks before approving)."""
     table = Table(title=title, title_justify="left", expand=False)
     table.add_column("ID", style="cyan", no_wrap=True)
     table.add_column("名称 Name")
     table.add_column("房间 Room")
     table.add_column("类型 Kind")
     table.add_column("协议 Protocol")
+    if addresses:
+        table.add_column("地址 Address", no_wrap=True)
     table.add_column("在线 Online")
     table.add_column("状态 State")
     for dev in devices:
@@ -53,12 +58,14 @@ def devices_table(devices: Iterable[Mapping[str, Any]], *, title: str = "设备 
         online = (
             Text("在线 online", style="green") if dev.get("online") else Text("离线 offline", style="red")
         )
+        where = [info.get("address", "")] if addresses else []
         table.add_row(
             info["id"],
             info["name"],
             info.get("room", ""),
             info["kind"],
             info["protocol"],
+            *where,
             online,
             format_state(dev.get("state") or {}),
         )

@@ -270,7 +270,8 @@ class TerminalAdapter:
                 if not known:
                     # The hub refused it (its inbox is full): no stream, no retries until it
                     # announces itself again.
-                    self._sessions.pop(s.device_id, None)
+                    if self._sessions.get(s.device_id) is s:
+                        del self._sessions[s.device_id]
                     return
                 attempt = 0
                 await self._stream(s)
