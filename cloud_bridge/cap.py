@@ -298,15 +298,21 @@ _LEVEL_WORDS: tuple[tuple[str, int], ...] = (
 )  # fmt: skip
 
 
+# Traditional characters of the level words (Hong Kong, Taiwan and Macao warnings write 紅色預警,
+# 黃色, 藍色, 特別重大, 較大, IV級), read as their simplified forms.
+_SIMPLIFIED = str.maketrans("紅黃藍別較級預", "红黄蓝别较级预")
+
+
 def _colour_level(info: Info) -> int | None:
     for parameter in info.parameters:
-        if parameter.name.rsplit(":", 1)[-1].strip().casefold() in _LEVEL_PARAMETERS:
-            value = parameter.value.casefold()
+        name = parameter.name.translate(_SIMPLIFIED).rsplit(":", 1)[-1].strip().casefold()
+        if name in _LEVEL_PARAMETERS:
+            value = parameter.value.translate(_SIMPLIFIED).casefold()
             for word, level in _LEVEL_WORDS:
                 if word in value:
                     return level
     for text in (info.headline, info.event):
-        m = _COLOUR_TEXT.search(text or "")
+        m = _COLOUR_TEXT.search((text or "").translate(_SIMPLIFIED))
         if m:
             return _COLOUR_LEVEL[m.group(1)]
     return None
@@ -323,7 +329,8 @@ def priority(alert: Alert) -> int:
     info names a colour level, which then wins in either direction: a parameter named 预警级别,
     预警等级, 预警颜色, AlertColor, Colour/Color or awareness_level whose value says 红/red/I级/特别重大,
     橙/orange/II级/重大, 黄/yellow/III级/较大 or 蓝/blue/IV级/一般; failing that, 红色预警, 橙色预警,
-    黄色预警 or 蓝色预警 in its headline, then in its event.
+    黄色预警 or 蓝色预警 in its headline, then in its event. Traditional characters count as their
+    simplified forms (紅色預警 is 红色预警).
     """
     current = [info for info in alert.infos if info.urgency != "Past"]
     if not current:

@@ -27,7 +27,7 @@ _RESEND_QUEUE = 10_000
 #: An alert without `expires` ends this long after it was sent (the gateways' default too).
 DEFAULT_LIFETIME = timedelta(hours=6)
 #: A receipt of any of these stages means the gateway has the alert.
-_HAS_IT = {"received", "displayed", "spoken", "acknowledged", "expired", "cancelled", "suppressed"}
+_HAS_IT = {"received", "displayed", "spoken", "acknowledged", "expired", "updated", "cancelled", "suppressed"}
 _PRESENTED = {"displayed", "spoken"}
 
 
@@ -190,7 +190,7 @@ class AlertDesk:
                 g[r.stage].append(entry)
             elif r.stage == "acknowledged":
                 g["acknowledged"] = _iso(r.ts)
-            elif r.stage in ("expired", "cancelled"):
+            elif r.stage in ("expired", "cancelled", "updated"):
                 g["ended"] = {"how": r.stage, "ts": _iso(r.ts)}
             elif r.stage == "suppressed":
                 g["suppressed"] = r.detail.get("reason", "")

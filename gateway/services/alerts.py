@@ -11,13 +11,23 @@ alert), and written to the registry. Then it is presented on every TV and speake
   `repeat_interval_s` until acknowledged (at most `repeat_count` times);
 - levels 2–4: a banner on every TV and one spoken notice (a tone-like short notice for 3–4).
 
+With several alerts in force the home presents one, the most important: the highest level
+(1 before 4), and of equal levels the newest (CAP `sent`, then arrival). Every TV shows it (its
+overlay says how many more are in force), every speaker speaks it, and only it is repeated.
+Whenever what is in force changes — a new alert, an Update (which takes its original's place),
+a Cancel, an expiry, an acknowledgement — the most important alert still in force is presented;
+a lower one never hides a level-1 alert. Acknowledging a level 2–4 alert takes it off the
+screens; a level-1 alert stays until it ends, marked acknowledged and no longer repeated. A TV
+or speaker that comes (back) online gets what is presented. Receipts say what each device
+actually presented: an alert that never came to the top has no `displayed` receipt.
+
 Alerts pre-empt everything (their overlay replaces any other) and nothing else may use the
 alert presentation (MQTT/HTTP `set` of an alert overlay is refused). Drills (Exercise, Test)
-are shown labelled, or not at all, per `alerts.drills`; System and Draft never. Active alerts
+are shown labelled 演练, or not at all, per `alerts.drills`; System and Draft never. Active alerts
 are retained on `home/<gw>/alert/<id>` and presented again after a restart until they expire
-or are acknowledged — an acknowledgement never hides a level-1 alert before its time. Every
-stage is receipted up to the cloud through the outbox: received, displayed/spoken (per device,
-with timestamps), acknowledged, expired, cancelled, suppressed.
+or are acknowledged. Every stage is receipted up to the cloud through the outbox: received,
+displayed/spoken (per device, with timestamps), acknowledged, expired, updated, cancelled,
+suppressed.
 """
 
 from __future__ import annotations
@@ -79,9 +89,14 @@ class _Active:
     info: Info
     announced: int = 0
     next_announce: float = math.inf
+    #: Devices that showed or spoke it (each is receipted once).
     presented_to: set[str] = field(default_factory=set)
     #: When this alert was verified (or raised), persisted and last dispatched to the devices.
     timeline: dict[str, str] = field(default_factory=dict)
+
+    def rank(self) -> tuple[int, float, float]:
+        """Smaller is more important: the level, then the newest `sent`, then the newest arrival."""
+        return (self.row.level, -sent_utc(self.model).timestamp(), -self.row.received_at.timestamp())
 
 
 def _utc(ts: datetime) -> str:
@@ -120,6 +135,10 @@ class AlertService:
         self._unlisten: Callable[[], None] | None = None
         self.counters: dict[str, int] = {}
         self._history_cache: list[AlertRow] = []
+        #: The alert every screen and speaker presents now (None: nothing), and how many other
+        #: alerts in force its overlay counts.
+        self._shown: str | None = None
+        self._shown_more = 0
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -153,9 +172,11 @@ class AlertService:
             log.warning("%d alerts still active after restart; presenting them again", len(self._active))
 
     async def run(self) -> None:
-        """Present what is active, then keep time: repeats, expiry, and local alarms."""
-        for item in list(self._active.values()):
-            await self._present(item, again=True)
+        """Present what is in force, then keep time: repeats, expiry, and local alarms."""
+        async with self._lock:
+            for item in self._active.values():
+                self._hub.emit_event("alert", self.view(item))
+            await self._refresh()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._local_alarms(), name="alerts-local")
             tg.create_task(self._late_devices(), name="alerts-late-devices")
@@ -163,15 +184,16 @@ class AlertService:
                 now = time.monotonic()
                 wall = datetime.now(UTC)
                 due = math.inf
-                for item in list(self._active.values()):
-                    left = (item.row.expires_at - wall).total_seconds()
-                    if left <= 0:
-                        await self._end(item, "expired")
-                        continue
-                    due = min(due, now + left)
-                    if item.next_announce <= now:
-                        await self._announce(item)
-                    due = min(due, item.next_announce)
+                async with self._lock:
+                    for item in list(self._active.values()):
+                        left = (item.row.expires_at - wall).total_seconds()
+                        if left <= 0:
+                            await self._end(item, "expired")
+                            continue
+                        due = min(due, now + left)
+                        if item.row.id == self._shown and item.next_announce <= now:
+                            await self._announce(item)
+                        due = min(due, item.next_announce)
                 self._changed.clear()
                 timeout = None if due == math.inf else max(0.05, due - time.monotonic())
                 with contextlib.suppress(TimeoutError):
@@ -222,6 +244,7 @@ class AlertService:
         if model.msg_type in ("Update", "Cancel") and model.references:
             await self._close_references(model, now)
         if model.msg_type == "Cancel":
+            await self._refresh()
             await self._send_receipt(
                 alert_id, "received", level=level, result="verified" if not local else "local"
             )
@@ -231,9 +254,11 @@ class AlertService:
         if expires <= now:
             self._count("expired_on_arrival")
             await self._report_security("expired", alert_id, model.sent)
+            await self._refresh()  # an Update that came too late still ended its original
             return "rejected"
         if alert_id in self._active or await self._registry.alert_exists(alert_id):
             self._count("duplicate")
+            await self._refresh()
             if not local:
                 # The cloud sends again what it has no receipt for: the first one may have been
                 # lost to a crash between keeping the alert and queueing its receipt.
@@ -242,11 +267,13 @@ class AlertService:
         reason = await self._registry.tombstone(alert_id)
         if reason is not None:
             self._count("tombstoned")
+            await self._refresh()
             await self._send_receipt(alert_id, "suppressed", level=level, reason=reason)
             return "suppressed"
         drill = model.status in ("Exercise", "Test")
         if model.status in ("System", "Draft") or (drill and self.policy.drills == "hide"):
             self._count("not_for_public")
+            await self._refresh()
             await self._send_receipt(alert_id, "suppressed", level=level, reason=model.status.lower())
             return "suppressed"
         row = AlertRow(
@@ -267,6 +294,7 @@ class AlertService:
         log.warning(
             "ALERT %s level %d %s: %s", alert_id, level, model.status, item.info.headline or item.info.event
         )
+        self._hub.emit_event("alert", self.view(item))
         # The alert is on disk already: its receipt is written while it is being presented.
         received = asyncio.create_task(
             self._send_receipt(
@@ -277,23 +305,25 @@ class AlertService:
                 timeline=dict(item.timeline),
             )
         )
-        await self._present(item)
+        await self._refresh()
         await received
         self._changed.set()
-        return "presented"
+        return "presented" if self._shown == alert_id else "in force"
 
     def _expires(self, model: Alert) -> datetime:
         stamps = [t for t in (expires_utc(i) for i in model.infos) if t is not None]
         return min(stamps) if stamps else sent_utc(model) + self.policy.default_expiry
 
     async def _close_references(self, model: Alert, now: datetime) -> None:
-        reason = "cancelled" if model.msg_type == "Cancel" else "updated"
+        """End what an Update or Cancel names (and remember it, should it arrive later); the
+        caller presents what is then the most important."""
+        reason: Literal["cancelled", "updated"] = "cancelled" if model.msg_type == "Cancel" else "updated"
         ids = [r.alert_id for r in model.references]
         await self._registry.add_tombstones(ids, reason=reason, until=now + timedelta(days=_TOMBSTONE_DAYS))
         for ref in ids:
             item = self._active.get(ref)
             if item is not None:
-                await self._end(item, "cancelled")
+                await self._end(item, reason, refresh=False)
 
     def _info(self, model: Alert) -> Info:
         ordered = lang_order(model, preferred=self.policy.language)
@@ -307,7 +337,7 @@ class AlertService:
         model, info, level = item.model, item.info, item.row.level
         name, colour, colour_en = LEVELS[level]
         drill = model.status in ("Exercise", "Test")
-        title = f"{colour}预警 · {name}" + (" · 演习 DRILL" if drill else "")
+        title = f"{colour}预警 · {name}" + (" · 演练 DRILL" if drill else "")
         return {
             "kind": "alert",
             "alert_id": item.row.id,
@@ -328,6 +358,8 @@ class AlertService:
                 for i in lang_order(model, preferred=self.policy.language)
             ],
             "acknowledged": item.row.state == "acknowledged",
+            # Other alerts in force, less important than this one (the TV menu lists them).
+            "more": len(self._active) - 1 if item.row.id in self._active else len(self._active),
         }
 
     def view(self, item: _Active) -> dict[str, Any]:
@@ -364,7 +396,7 @@ class AlertService:
     def _speech(self, item: _Active) -> dict[str, Any]:
         info, level = item.info, item.row.level
         name, colour, _ = LEVELS[level]
-        drill = "演习。" if item.model.status in ("Exercise", "Test") else ""
+        drill = "演练。" if item.model.status in ("Exercise", "Test") else ""
         zh = info.language.lower().startswith("zh")
         if zh:
             text = f"{drill}{colour}预警，{name}。{info.headline or info.event}。"
@@ -398,47 +430,73 @@ class AlertService:
             return False
         return True
 
-    async def _present(self, item: _Active, *, again: bool = False) -> None:
+    def _top(self) -> _Active | None:
+        """The alert the home presents: the most important one in force."""
+        return min(self._active.values(), key=_Active.rank, default=None)
+
+    async def _refresh(self) -> None:
+        """Present the most important alert in force if it is not what is presented (callers
+        hold `_lock`); clear the screens when nothing is in force. When only the number of
+        other alerts in force changed, the screens are told (their overlay counts them)."""
+        top = self._top()
+        if top is None:
+            if self._shown is not None:
+                self._shown = None
+                await asyncio.gather(*(self._command(tv, {"overlay": None}) for tv in self._screens()))
+            return
+        if top.row.id == self._shown:
+            if self._shown_more != len(self._active) - 1:
+                self._shown_more = len(self._active) - 1
+                await asyncio.gather(
+                    *(self._command(tv, {"overlay": self._overlay(top)}) for tv in self._screens())
+                )
+            return
+        previous = self._active.get(self._shown or "")
+        if previous is not None:
+            previous.next_announce = math.inf  # only what is presented is repeated
+        self._shown, self._shown_more = top.row.id, len(self._active) - 1
+        await self._present(top)
+
+    def _screen_values(self, item: _Active, tv: Device) -> dict[str, Any]:
+        values: dict[str, Any] = {"overlay": self._overlay(item)}
+        if item.row.level == 1:
+            values["on"] = True
+            values["volume"] = max(int(tv.state.get("volume", 0) or 0), _ALERT_VOLUME)
+            values["muted"] = False
+        return values
+
+    async def _present(self, item: _Active) -> None:
+        """On every screen, and (unless acknowledged) on every speaker, at the same time."""
         item.timeline["dispatched"] = _utc_ms()
-        level = item.row.level
-        overlay = self._overlay(item)
-        tv_values: dict[str, Any] = {"overlay": overlay}
-        tasks = []
-        for tv in self._screens():
-            values = dict(tv_values)
-            if level == 1:
-                values["on"] = True
-                values["volume"] = max(int(tv.state.get("volume", 0) or 0), _ALERT_VOLUME)
-                values["muted"] = False
-            tasks.append(self._show(item, tv, values))
+        tasks = [self._show(item, tv, self._screen_values(item, tv)) for tv in self._screens()]
         if item.row.state != "acknowledged":
+            item.announced = 0
             tasks.append(self._announce(item))  # speakers at the same time as the screens
         await asyncio.gather(*tasks)
-        self._hub.emit_event("alert", self.view(item))
 
     async def _show(self, item: _Active, tv: Device, values: dict[str, Any]) -> None:
         if await self._command(tv, values):
-            item.presented_to.add(tv.info.id)
-            await self._send_receipt(
-                item.row.id,
-                "displayed",
-                device=tv.info.id,
-                level=item.row.level,
-                dispatched=item.timeline["dispatched"],
-            )
+            await self._presented(item, tv, "displayed")
+
+    async def _presented(self, item: _Active, dev: Device, stage: Literal["displayed", "spoken"]) -> None:
+        """A device presented the alert: receipted once per device."""
+        if dev.info.id in item.presented_to:
+            return
+        item.presented_to.add(dev.info.id)
+        await self._send_receipt(
+            item.row.id,
+            stage,
+            device=dev.info.id,
+            level=item.row.level,
+            dispatched=item.timeline.get("dispatched"),
+        )
 
     async def _announce(self, item: _Active) -> None:
         speech = self._speech(item)
 
         async def say(speaker: Device) -> None:
             if await self._command(speaker, speech):
-                await self._send_receipt(
-                    item.row.id,
-                    "spoken",
-                    device=speaker.info.id,
-                    level=item.row.level,
-                    dispatched=item.timeline["dispatched"],
-                )
+                await self._presented(item, speaker, "spoken")
 
         await asyncio.gather(*(say(s) for s in self._speakers()))
         item.announced += 1
@@ -447,15 +505,15 @@ class AlertService:
         )
         item.next_announce = time.monotonic() + self.policy.repeat_interval_s if repeat else math.inf
 
-    async def _end(self, item: _Active, how: Literal["expired", "cancelled"]) -> None:
+    async def _end(
+        self, item: _Active, how: Literal["expired", "cancelled", "updated"], *, refresh: bool = True
+    ) -> None:
         self._active.pop(item.row.id, None)
         item.row.state, item.row.ended_at = how, datetime.now(UTC)
         with contextlib.suppress(RegistryError):
             await self._registry.save_alert(item.row)
-        still = list(self._active.values())
-        for tv in self._screens():
-            # Show the next alert if one is still active, else clear the screen.
-            await self._command(tv, {"overlay": self._overlay(still[0]) if still else None})
+        if refresh:
+            await self._refresh()  # the most important alert still in force, or a clear screen
         self._hub.emit_event("alert_cleared", {"id": item.row.id, "state": how})
         await self._send_receipt(item.row.id, how, level=item.row.level)
         log.warning("alert %s %s", item.row.id, how)
@@ -464,10 +522,8 @@ class AlertService:
     # -- household actions ----------------------------------------------------------------
 
     def active(self) -> list[dict[str, Any]]:
-        return [
-            self.view(a)
-            for a in sorted(self._active.values(), key=lambda a: (a.row.level, a.row.received_at))
-        ]
+        """In force, the most important first (what the home presents is the first)."""
+        return [self.view(a) for a in sorted(self._active.values(), key=_Active.rank)]
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         return [
@@ -497,22 +553,23 @@ class AlertService:
             await self._registry.save_alert(item.row)
             await self._send_receipt(alert_id, "acknowledged", level=item.row.level, source=source[:64])
             if item.row.level != 1:
-                # Acknowledged lower levels leave the screen; level 1 stays until it is over.
+                # Acknowledged lower levels leave the screens, for what is most important next.
                 self._active.pop(alert_id, None)
-                for tv in self._screens():
-                    await self._command(tv, {"overlay": None})
+                await self._refresh()
                 self._hub.emit_event("alert_cleared", {"id": alert_id, "state": "acknowledged"})
             else:
-                overlay = self._overlay(item)  # still on screen, marked as acknowledged
-                await asyncio.gather(*(self._command(tv, {"overlay": overlay}) for tv in self._screens()))
+                if self._shown == alert_id:  # still on screen, marked as acknowledged
+                    await asyncio.gather(
+                        *(self._command(tv, {"overlay": self._overlay(item)}) for tv in self._screens())
+                    )
                 self._hub.emit_event("alert", self.view(item))
             return True
 
     async def announce_again(self, device_id: str | None) -> bool:
         """ "再说一遍": announce the most important active alert again."""
-        if not self._active:
+        item = self._top()
+        if item is None:
             return False
-        item = sorted(self._active.values(), key=lambda a: a.row.level)[0]
         speech = self._speech(item)
         targets = [
             d for d in self._speakers() if device_id is None or d.info.id == device_id
@@ -521,30 +578,21 @@ class AlertService:
         return True
 
     async def _late_devices(self) -> None:
+        """A screen or speaker that comes (back) online gets what the home presents."""
         while True:
             device_id = await self._joined.get()
             dev = self._hub.get(device_id)
-            if dev is None or not self._active:
+            if dev is None:
                 continue
             async with self._lock:
-                for item in sorted(self._active.values(), key=lambda a: a.row.level, reverse=True):
-                    if dev.info.id in item.presented_to:
-                        continue
-                    if dev in self._screens():
-                        values: dict[str, Any] = {"overlay": self._overlay(item)}
-                        if item.row.level == 1:
-                            values |= {
-                                "on": True,
-                                "muted": False,
-                                "volume": max(int(dev.state.get("volume", 0) or 0), _ALERT_VOLUME),
-                            }
-                        await self._show(item, dev, values)
-                    speaks = dev in self._speakers() and item.row.state == "active"
-                    if speaks and await self._command(dev, self._speech(item)):
-                        item.presented_to.add(dev.info.id)
-                        await self._send_receipt(
-                            item.row.id, "spoken", device=dev.info.id, level=item.row.level
-                        )
+                item = self._active.get(self._shown or "")
+                if item is None:
+                    continue
+                if dev in self._screens():
+                    await self._show(item, dev, self._screen_values(item, dev))
+                speaks = dev in self._speakers() and item.row.state == "active"
+                if speaks and await self._command(dev, self._speech(item)):
+                    await self._presented(item, dev, "spoken")
 
     # -- local alarms ---------------------------------------------------------------------
 
@@ -577,9 +625,9 @@ class AlertService:
                 await self.accept(model, local=True)
             elif not alarm and current is not None:
                 self._local.pop(device_id, None)
-                item = self._active.get(current)
-                if item is not None:
-                    async with self._lock:
+                async with self._lock:
+                    item = self._active.get(current)
+                    if item is not None:
                         await self._end(item, "cancelled")
                 self._hub.emit_event(
                     "local_alarm", {"device": device_id, "alert_id": current, "state": "cleared"}

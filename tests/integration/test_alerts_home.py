@@ -245,3 +245,77 @@ async def test_an_active_alert_is_presented_again_after_a_restart(home: Home) ->
         assert home.tvs[0].state["overlay"]["alert_id"] == alert.alert_id
         gateway.stop()
         await run
+
+
+def leveled(base: Alert, identifier: str, level: int, *, sent_offset_s: int = 0) -> Alert:
+    """The fixture as a new alert of the given level (its colour word decides)."""
+    colour = {1: "红色", 2: "橙色", 3: "黄色", 4: "蓝色"}[level]
+    infos = [
+        i.model_copy(update={"parameters": [], "headline": f"{colour}预警：{identifier}"}) for i in base.infos
+    ]
+    return fresh(
+        base.model_copy(update={"identifier": identifier, "infos": infos}), sent_offset_s=sent_offset_s
+    )
+
+
+def said_last(speaker: SpeakerSimulator) -> str:
+    alerts = [s for s in speaker.state["said"] if s.get("priority") == "alert"]
+    return str(alerts[-1]["text"]) if alerts else ""
+
+
+async def test_the_most_important_alert_stays_on_screen_and_is_the_one_repeated(home: Home) -> None:
+    base = cap("cn_rainstorm_orange_zh.xml")
+    red, blue = leveled(base, "red-1", 1), leveled(base, "blue-1", 4, sent_offset_s=1)
+    assert await home.alerts.on_cloud_alert(payload(red)) == "presented"
+    # A newer but lower notice does not hide the red warning: it waits, in force, listed.
+    assert await home.alerts.on_cloud_alert(payload(blue)) == "in force"
+    for tv in home.tvs:
+        assert tv.state["overlay"]["alert_id"] == red.alert_id and tv.state["overlay"]["more"] == 1
+    assert all("red-1" in said_last(s) for s in home.speakers)
+    assert [a["id"] for a in home.alerts.active()] == [red.alert_id, blue.alert_id]
+
+    def repeated() -> bool:
+        return all(len([x for x in s.state["said"] if "red-1" in x["text"]]) >= 2 for s in home.speakers)
+
+    await home.until(repeated, "the red warning repeated", timeout=15)
+    assert not any("blue-1" in x["text"] for s in home.speakers for x in s.state["said"])
+    # Acknowledging the blue one leaves the red one on every screen.
+    assert await home.alerts.acknowledge(blue.alert_id, "test")
+    assert all(tv.state["overlay"]["alert_id"] == red.alert_id for tv in home.tvs)
+    # An orange one, then the red one is cancelled: the orange one comes to every screen and speaker.
+    orange = leveled(base, "orange-1", 2, sent_offset_s=2)
+    assert await home.alerts.on_cloud_alert(payload(orange)) == "in force"
+    cancel = fresh(cap("nws_fire_weather_watch_cancel.xml")).model_copy(
+        update={"references": [Reference(sender=red.sender, identifier=red.identifier, sent=red.sent)]}
+    )
+    await home.alerts.on_cloud_alert(payload(cancel))
+    for tv in home.tvs:
+        assert tv.state["overlay"]["alert_id"] == orange.alert_id and tv.state["overlay"]["more"] == 0
+    assert all("orange-1" in said_last(s) for s in home.speakers)
+
+
+async def test_an_update_takes_its_originals_place_and_ties_go_to_the_newest(home: Home) -> None:
+    base = cap("cn_rainstorm_orange_zh.xml")
+    first, second = leveled(base, "y-1", 3), leveled(base, "y-2", 3, sent_offset_s=1)
+    await home.alerts.on_cloud_alert(payload(first))
+    assert await home.alerts.on_cloud_alert(payload(second)) == "presented"  # same level: the newest
+    watching = [tv for tv in home.tvs if tv.state["on"]]  # below level 1 a TV in standby stays dark
+    assert watching and all(tv.state["overlay"]["alert_id"] == second.alert_id for tv in watching)
+    update = leveled(base, "y-1-upd", 2, sent_offset_s=2).model_copy(
+        update={
+            "msg_type": "Update",
+            "references": [Reference(sender=first.sender, identifier=first.identifier, sent=first.sent)],
+        }
+    )
+    assert await home.alerts.on_cloud_alert(payload(update)) == "presented"
+    assert all(tv.state["overlay"]["alert_id"] == update.alert_id for tv in watching)
+    assert {a["id"] for a in home.alerts.active()} == {update.alert_id, second.alert_id}
+
+
+async def test_drills_are_labelled_as_documented(home: Home) -> None:
+    drill = fresh(cap("cn_rainstorm_orange_zh.xml")).model_copy(
+        update={"status": "Exercise", "identifier": "d-1"}
+    )
+    assert await home.alerts.on_cloud_alert(payload(drill)) == "presented"
+    assert all("演练" in tv.state["overlay"]["title"] for tv in home.tvs if tv.state["on"])
+    assert all(said_last(s).startswith("演练") for s in home.speakers)

@@ -294,6 +294,29 @@ def test_a_named_colour_wins_over_severity(changes: dict[str, Any], level: int) 
     assert priority(alert_with(info(**changes))) == level
 
 
+@pytest.mark.parametrize(
+    ("simplified", "traditional", "expected"),
+    [
+        ("红色", "紅色", 1), ("黄色", "黃色", 3), ("蓝色", "藍色", 4), ("橙色", "橙色", 2),
+        ("特别重大", "特別重大", 1), ("较大", "較大", 3), ("IV级", "IV級", 4), ("Ⅲ级", "Ⅲ級", 3),
+    ],
+)  # fmt: skip
+def test_traditional_colour_words_set_the_level_like_simplified_ones(
+    simplified: str, traditional: str, expected: int
+) -> None:
+    def level(word: str, where: str) -> int:
+        if where == "parameter":
+            return priority(
+                alert_with(info(severity="Unknown", parameters=[{"name": "預警級別", "value": word}]))
+            )
+        return priority(alert_with(info(severity="Unknown", headline=f"暴雨{word}預警信號")))
+
+    severe = alert_with(info(severity="Severe", parameters=[{"name": "預警級別", "value": traditional}]))
+    assert level(traditional, "parameter") == level(simplified, "parameter") == expected == priority(severe)
+    if simplified.endswith("色"):
+        assert level(traditional, "headline") == level(simplified, "headline") == expected
+
+
 def test_colour_comes_from_the_most_severe_info_only() -> None:
     quiet = info(severity="Minor", headline="暴雨红色预警")
     loud = info(severity="Severe")
