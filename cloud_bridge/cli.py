@@ -340,12 +340,23 @@ def _alert_command(args: argparse.Namespace, client: _Client) -> int:
             _print_json(rows)
             return 0
         table = Table(title=f"alerts ({len(rows)})")
-        for column in ("id", "state", "type", "level", "headline", "targets", "gateways", "accepted"):
+        for column in (
+            "id",
+            "state",
+            "since",
+            "type",
+            "level",
+            "headline",
+            "targets",
+            "gateways",
+            "accepted",
+        ):
             table.add_column(column)
         for a in rows:
             table.add_row(
-                a["id"], a["state"], a["msg_type"], str(a["priority"]), a.get("headline") or "-",
-                ",".join(a["targets"]), str(a["gateways_expected"]), a["accepted_at"],
+                a["id"], a["state"], a["state_changed_at"], a["msg_type"], str(a["priority"]),
+                a.get("headline") or "-", ",".join(a["targets"]), str(a["gateways_expected"]),
+                a["accepted_at"],
             )  # fmt: skip
         Console().print(table)
         return 0
@@ -355,7 +366,7 @@ def _alert_command(args: argparse.Namespace, client: _Client) -> int:
         return 0
     cov = st["coverage"]
     table = Table(
-        title=f"{st['id']} {st.get('headline') or ''} ({st['state']}): "
+        title=f"{st['id']} {st.get('headline') or ''} ({st['state']} since {st['state_changed_at']}): "
         f"{cov['gateways_received']}/{cov['gateways_expected']} gateways, "
         f"{cov['devices_presented']}/{cov['devices_known']} screens and speakers"
     )

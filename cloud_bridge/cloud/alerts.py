@@ -19,7 +19,7 @@ from cloud_bridge.cloud.db import AlertRow, CloudDB, ReceiptRow
 from cloud_bridge.cloud.service import CloudService
 from cloud_bridge.protocol import BridgeError, new_envelope, region_prefixes, topics
 
-__all__ = ["AlertDesk", "AlertTargetError", "minimal_regions"]
+__all__ = ["AlertDesk", "AlertExpired", "AlertTargetError", "minimal_regions"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ _PRESENTED = {"displayed", "spoken"}
 
 class AlertTargetError(BridgeError):
     """The alert names no region the cloud can target."""
+
+
+class AlertExpired(BridgeError):
+    """The alert's time is over before it was sent: nothing is stored or published."""
 
 
 def minimal_regions(codes: Iterable[str]) -> list[str]:
@@ -81,8 +85,13 @@ class AlertDesk:
         self, alert: Alert, *, regions_: list[str] | None = None, accepted_at: datetime | None = None
     ) -> AlertRow:
         """Target, sign, publish once per region topic, and keep it (CloudUnavailable if the
-        broker does not take it)."""
+        broker does not take it). An alert whose time is over is refused (AlertExpired); one an
+        earlier Update or Cancel named is kept as updated/cancelled and never published."""
         accepted = accepted_at or datetime.now(UTC)
+        stamps = [t for t in (expires_utc(i) for i in alert.infos) if t is not None]
+        expires = min(stamps) if stamps else sent_utc(alert) + DEFAULT_LIFETIME
+        if expires <= accepted:
+            raise AlertExpired(f"it expired at {_iso(expires)}; nothing was sent (the boxes would refuse it)")
         codes = list(regions_ or []) or regions(alert)
         if not codes and alert.references:
             for ref in alert.references:  # an Update/Cancel goes where its alert went
@@ -105,27 +114,39 @@ class AlertDesk:
             "priority": priority(alert),
             "targets": targets,
         }
-        stamps = [t for t in (expires_utc(i) for i in alert.infos) if t is not None]
-        expires = min(stamps) if stamps else sent_utc(alert) + DEFAULT_LIFETIME
-        envelope = new_envelope("alert", payload)
-        signed = await self._service.publish_signed_many(topic_list, envelope)
+        now = datetime.now(UTC)
+        # A Cancel is never in force itself; an alert already cancelled or updated (its Cancel
+        # or Update came first) is kept for the record and not sent.
+        state, changed, envelope_id = "active", now, ""
+        tombstone = await self._db.alert_tombstone(alert.alert_id)
+        if tombstone is not None:
+            state, changed = tombstone
+        elif alert.msg_type == "Cancel":
+            state = "cancelled"
+        if tombstone is None:
+            signed = await self._service.publish_signed_many(topic_list, new_envelope("alert", payload))
+            envelope_id = signed.id
         row = AlertRow(
             id=alert.alert_id,
-            envelope_id=signed.id,
+            envelope_id=envelope_id,
             alert=payload["alert"],
             priority=payload["priority"],
             msg_type=alert.msg_type,
             status=alert.status,
             targets=targets,
             expected=expected,
-            created_at=datetime.now(UTC),
+            created_at=now,
             expires_at=expires,
             accepted_at=accepted,
+            state=state,
+            state_changed_at=changed,
         )
         await self._db.add_alert(row)
-        if alert.msg_type in ("Update", "Cancel"):
-            state = "cancelled" if alert.msg_type == "Cancel" else "updated"
-            await self._db.set_alert_state([r.alert_id for r in alert.references], state)
+        if alert.msg_type in ("Update", "Cancel") and tombstone is None:
+            ended = "cancelled" if alert.msg_type == "Cancel" else "updated"
+            named = [r.alert_id for r in alert.references]
+            await self._db.add_alert_tombstones(named, ended, by=alert.alert_id, at=now)
+            await self._db.set_alert_state(named, ended, at=now)
         log.warning(
             "alert %s (%s, level %d) sent to %s: %d gateways expected",
             alert.alert_id, alert.msg_type, row.priority, ",".join(targets), len(expected),
@@ -148,6 +169,10 @@ class AlertDesk:
                 await self._resend(gateway_id)
             except BridgeError as exc:
                 log.warning("could not resend alerts to %s: %s", gateway_id, exc)
+
+    async def expire_due(self) -> int:
+        """Mark alerts whose time is over as expired (before anything lists them)."""
+        return await self._db.expire_alerts(datetime.now(UTC))
 
     async def _resend(self, gateway_id: str) -> None:
         now = datetime.now(UTC)
@@ -207,6 +232,7 @@ class AlertDesk:
         return {
             "id": row.id,
             "state": row.state,
+            "state_changed_at": _iso(row.state_changed_at),
             "msg_type": row.msg_type,
             "status": row.status,
             "priority": row.priority,

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cloud_bridge.ca import CertificateAuthority, cert_info
 from cloud_bridge.cap import MAX_CAP_BYTES, CapError, parse_cap_json, parse_cap_xml
-from cloud_bridge.cloud.alerts import AlertDesk, AlertTargetError
+from cloud_bridge.cloud.alerts import AlertDesk, AlertExpired, AlertTargetError
 from cloud_bridge.cloud.broker import CLOUD_CLIENT_CN
 from cloud_bridge.cloud.db import CloudDB, CommandRow, GatewayRow
 from cloud_bridge.cloud.service import CloudService, CloudUnavailable
@@ -279,14 +279,23 @@ class AlertAccepted(BaseModel):
     priority: int = Field(description="1 (red/Extreme, full screen) .. 4")
     targets: list[str] = Field(description="region codes published to, or ['all']")
     gateways_expected: int
-    envelope_id: str
+    envelope_id: str = Field(
+        description="empty when nothing was published (it was already cancelled or updated)"
+    )
     accepted_at: str
     expires_at: str
+    state: str = Field(
+        default="active",
+        description="active; or cancelled/updated when its Cancel or Update came first (then it is not sent)",
+    )
 
 
 class AlertSummary(BaseModel):
     id: str
-    state: str
+    state: str = Field(
+        description="active (in force), updated, cancelled or expired; a Cancel message itself is cancelled"
+    )
+    state_changed_at: str
     msg_type: str
     status: str
     priority: int
@@ -338,7 +347,10 @@ class Coverage(BaseModel):
 
 class AlertStatus(BaseModel):
     id: str
-    state: str
+    state: str = Field(
+        description="active (in force), updated, cancelled or expired; a Cancel message itself is cancelled"
+    )
+    state_changed_at: str | None
     msg_type: str
     status: str
     priority: int
@@ -732,6 +744,7 @@ def _operator_router() -> APIRouter:
             400: {"model": ProblemResponse},
             413: {"model": ProblemResponse},
             415: {"model": ProblemResponse},
+            422: {"model": ProblemResponse, "description": "expired: its time is over; nothing was sent"},
             503: {"model": ProblemResponse},
         },
         openapi_extra={
@@ -784,6 +797,8 @@ def _operator_router() -> APIRouter:
                 row = await ctx.alerts.submit(alert, regions_=region, accepted_at=accepted_at)
             except AlertTargetError as exc:
                 raise _problem(400, "no_target", str(exc)) from exc
+            except AlertExpired as exc:
+                raise _problem(422, "expired", str(exc)) from exc
             except CloudUnavailable as exc:
                 raise _problem(503, "mqtt_unavailable", str(exc)) from exc
         else:
@@ -798,6 +813,7 @@ def _operator_router() -> APIRouter:
             envelope_id=row.envelope_id,
             accepted_at=iso(row.accepted_at),
             expires_at=iso(row.expires_at),
+            state=row.state,
         )
         return JSONResponse(
             out.model_dump(),
@@ -811,11 +827,13 @@ def _operator_router() -> APIRouter:
         active: bool = False,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     ) -> list[AlertSummary]:
-        """Newest first."""
+        """Newest first; `active=true`: what is in force now (neither expired, updated nor cancelled)."""
+        await ctx.alerts.expire_due()
         return [
             AlertSummary(
                 id=a.id,
                 state=a.state,
+                state_changed_at=iso(a.state_changed_at or a.created_at),
                 msg_type=a.msg_type,
                 status=a.status,
                 priority=a.priority,
@@ -832,6 +850,7 @@ def _operator_router() -> APIRouter:
     async def alert_status(ctx: Ctx, alert_id: str) -> AlertStatus:
         """Per gateway: received (and the verdict), displayed/spoken per device, acknowledged,
         ended; and coverage of the gateways and presenting devices that were targeted."""
+        await ctx.alerts.expire_due()
         found = await ctx.alerts.status(alert_id)
         if found is None:
             raise _problem(404, "unknown_alert", f"no alert {alert_id!r} was sent from this cloud")

@@ -221,7 +221,8 @@ class AlertRow:
     created_at: datetime
     expires_at: datetime
     accepted_at: datetime
-    state: str = "active"
+    state: str = "active"  # active, updated, cancelled, expired
+    state_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +303,7 @@ def _alert_row(a: m.CloudAlert) -> AlertRow:
     return AlertRow(
         a.id, a.envelope_id, dict(a.alert), a.priority, a.msg_type, a.status, list(a.targets),
         list(a.expected), a.created_at, a.expires_at, a.accepted_at, a.state,
+        a.state_changed_at or a.created_at,
     )  # fmt: skip
 
 
@@ -863,6 +865,7 @@ class CloudDB:
                 "msg_type": row.msg_type, "status": row.status, "targets": row.targets,
                 "expected": row.expected, "created_at": row.created_at, "expires_at": row.expires_at,
                 "state": row.state, "accepted_at": row.accepted_at,
+                "state_changed_at": row.state_changed_at or row.created_at,
             },
         )  # fmt: skip
 
@@ -872,15 +875,45 @@ class CloudDB:
         return _alert_row(a) if a is not None else None
 
     async def alerts(self, *, active_only: bool = False, limit: int = 100) -> list[AlertRow]:
+        """Newest first; `active_only`: in force now (active and not yet expired)."""
         self._check()
         q = m.CloudAlert.all()
         if active_only:
-            q = q.filter(state="active")
+            q = q.filter(state="active", expires_at__gt=datetime.now(UTC))
         return [_alert_row(a) for a in await q.order_by("-created_at").limit(limit)]
 
-    async def set_alert_state(self, alert_ids: Iterable[str], state: str) -> int:
+    async def set_alert_state(self, alert_ids: Iterable[str], state: str, *, at: datetime) -> int:
+        """Active alerts among `alert_ids` take `state` (an ended alert keeps how it ended)."""
         self._check()
-        return int(await m.CloudAlert.filter(id__in=list(alert_ids)).update(state=state))
+        ids = list(alert_ids)
+        return int(
+            await m.CloudAlert.filter(id__in=ids, state="active").update(state=state, state_changed_at=at)
+        )
+
+    async def expire_alerts(self, now: datetime) -> int:
+        """Active alerts whose time is up become `expired` (at their expiry time)."""
+        self._check()
+        due = await m.CloudAlert.filter(state="active", expires_at__lte=now).values_list("id", "expires_at")
+        for alert_id, expires_at in due:
+            await m.CloudAlert.filter(id=alert_id, state="active").update(
+                state="expired", state_changed_at=expires_at
+            )
+        return len(due)
+
+    async def add_alert_tombstones(
+        self, alert_ids: Iterable[str], state: str, *, by: str, at: datetime
+    ) -> None:
+        """Remember what an Update or Cancel named, should it arrive after it."""
+        self._check()
+        for alert_id in alert_ids:
+            await m.CloudAlertTombstone.get_or_create(
+                alert_id=alert_id, defaults={"state": state, "by": by, "at": at}
+            )
+
+    async def alert_tombstone(self, alert_id: str) -> tuple[str, datetime] | None:
+        self._check()
+        t = await m.CloudAlertTombstone.get_or_none(alert_id=alert_id)
+        return (t.state, t.at) if t is not None else None
 
     async def receipts(self, alert_id: str) -> list[ReceiptRow]:
         self._check()

@@ -138,9 +138,22 @@ class CloudAlert(Model):
     expires_at = fields.DatetimeField()
     state = fields.CharField(max_length=16, default="active")  # active, cancelled, updated, expired
     accepted_at = fields.DatetimeField()  # when the operator API accepted it (latency stage 0)
+    state_changed_at = fields.DatetimeField(null=True)  # when `state` last changed
 
     class Meta:
         table = "alerts"
+
+
+class CloudAlertTombstone(Model):
+    """An alert an Update or Cancel named: if it arrives afterwards it is kept, never sent."""
+
+    alert_id = fields.CharField(max_length=64, primary_key=True)
+    state = fields.CharField(max_length=16)  # cancelled, updated
+    by = fields.CharField(max_length=64)  # the Update or Cancel that named it
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "alert_tombstones"
 
 
 class AlertReceipt(Model):

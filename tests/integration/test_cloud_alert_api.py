@@ -6,6 +6,7 @@ is checked against gateways provisioned through the API.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import AsyncIterator
@@ -173,3 +174,62 @@ def _json_alert() -> dict[str, object]:
     from cloud_bridge.cap import parse_cap_xml
 
     return parse_cap_xml(now_cap("cn_rainstorm_orange_zh.xml")).model_dump(mode="json")
+
+
+def cap_json(identifier: str, *, sent: datetime, expires: datetime | None, msg_type: str = "Alert",
+             references: list[dict[str, str]] | None = None) -> dict[str, object]:  # fmt: skip
+    alert = _json_alert()
+    infos = [{**i, "effective": None, "onset": None, "expires": expires.isoformat() if expires else None}
+             for i in alert["infos"]]  # type: ignore[attr-defined]  # fmt: skip
+    return {**alert, "identifier": identifier, "sent": sent.isoformat(), "msg_type": msg_type,
+            "references": references or [], "infos": infos}  # fmt: skip
+
+
+async def test_the_operators_view_of_alerts_is_true(cloud: CloudHarness) -> None:
+    from datetime import timedelta
+
+    await cloud.provision("sy-1", household="H-1", region="210102")
+    post = cloud.api.post
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    # Long over before it was sent: refused, not stored, not published.
+    old = cap_json("old-1", sent=now - timedelta(hours=2), expires=now - timedelta(hours=1))
+    problem(await post("/v1/alerts", json=old), 422, "expired")
+    problem(await post("/v1/alerts", content=(FIXTURES / "oasis_a2_thunderstorm.xml").read_bytes(),
+                       headers=XML, params={"region": "21"}), 422, "expired")  # fmt: skip
+    assert await cloud.get("/v1/alerts") == []
+
+    # Expiry: listed in force until its time, then expired (when its time was up).
+    soon = (
+        await post("/v1/alerts", json=cap_json("soon-1", sent=now, expires=now + timedelta(seconds=2)))
+    ).json()
+    assert [a["id"] for a in await cloud.get("/v1/alerts", active=True)] == [soon["id"]]
+
+    # An Update: the original is updated, the Update is in force.
+    orig = (await post("/v1/alerts", json=cap_json("orig-1", sent=now, expires=None))).json()
+    ref = {"sender": old["sender"], "identifier": "orig-1", "sent": now.isoformat()}
+    upd = await post("/v1/alerts", json=cap_json("upd-1", sent=now + timedelta(seconds=1), expires=None,
+                                                  msg_type="Update", references=[ref]))  # fmt: skip
+    assert upd.status_code == 201 and upd.json()["state"] == "active"
+    st = await cloud.get(f"/v1/alerts/{orig['id']}")
+    assert st["state"] == "updated" and st["state_changed_at"] >= st["created_at"]
+
+    # A Cancel that comes first: the alert it names is kept as cancelled and never sent.
+    late = {"sender": old["sender"], "identifier": "late-1", "sent": now.isoformat()}
+    cancel_body = cap_json("cancel-1", sent=now, expires=None, msg_type="Cancel", references=[late])
+    cancel = await post("/v1/alerts", json=cancel_body, params={"region": "210102"})
+    assert cancel.status_code == 201 and cancel.json()["state"] == "cancelled"  # a Cancel is never in force
+    arrived = await post("/v1/alerts", json=cap_json("late-1", sent=now, expires=None))
+    assert arrived.status_code == 201, arrived.text
+    assert arrived.json()["state"] == "cancelled" and arrived.json()["envelope_id"] == ""
+
+    async with asyncio.timeout(10):
+        while (await cloud.get(f"/v1/alerts/{soon['id']}"))["state"] != "expired":
+            await asyncio.sleep(0.2)
+    st = await cloud.get(f"/v1/alerts/{soon['id']}")
+    assert st["state_changed_at"] == st["expires_at"]
+    active = {a["id"] for a in await cloud.get("/v1/alerts", active=True)}
+    assert active == {upd.json()["id"]}
+    states = {a["id"]: a["state"] for a in await cloud.get("/v1/alerts")}
+    assert states == {soon["id"]: "expired", orig["id"]: "updated", upd.json()["id"]: "active",
+                      cancel.json()["id"]: "cancelled", arrived.json()["id"]: "cancelled"}  # fmt: skip
